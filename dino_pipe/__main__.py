@@ -1,0 +1,3 @@
+from dino_pipe.cli import main
+
+main()

@@ -1,0 +1,354 @@
+"""One typed config tree: dataclasses, loaded from ``configs/*.yaml``, with dotted overrides.
+
+``load_config("configs/vit_small_imagenet.yaml", ["optim.base_lr=1e-3", "data.n_local=10"])``
+returns a validated :class:`Config`. Unknown keys and values of the wrong type raise
+:class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
+
+A preset may name another with ``base: other.yaml`` (relative to itself); its keys override
+the base's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dino_pipe.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """The DINO multi-crop recipe (defaults: the reference DINO augmentation) and loader knobs."""
+
+    batch_size: int = 64  # per process (per GPU)
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    n_local: int = 8
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_p_global: tuple[float, float] = (1.0, 0.1)
+    blur_p_local: float = 0.5
+    solarize_p_global: tuple[float, float] = (0.0, 0.2)
+    solarize_p_local: float = 0.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    eval_resize: int = 256
+    eval_crop: int = 224
+    output_dtype: str = "float32"  # float32 | bfloat16 | float16 (half types on GPU only)
+    threads: int = 0  # DALI CPU threads; 0 = cores available / processes on this node
+    prefetch: int = 2
+    hw_decoder_load: float = 0.65
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """timm backbone + DINO head."""
+
+    arch: str = "vit_small_patch16_224"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+    drop_path: float = 0.1  # student only
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+
+
+@dataclass
+class LossConfig:
+    """DINO loss: student/teacher temperatures, teacher temperature warm-up, centering."""
+
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the reference DINO schedules."""
+
+    base_lr: float = 5e-4  # for a global batch of 256; lr = base_lr * global_batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # 0 disables
+    clip_mode: str = "per_param"  # per_param (reference) | global
+    freeze_last_layer_epochs: int = 1
+    momentum_teacher: float = 0.996  # cosine to 1.0 per iteration
+
+
+@dataclass
+class TrainConfig:
+    """Loop, precision, checkpointing and logging."""
+
+    epochs: int = 100
+    max_steps: int = 0  # stop after this many steps in total (0 = run all epochs)
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    collapse_check_every_steps: int = 50
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol defaults (k-NN and linear probe)."""
+
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    knn_chunk_size: int = 1024
+    batch_size: int = 128
+    linear_epochs: int = 100
+    linear_lr: float = 1e-3  # for batch 256
+    linear_n_last_blocks: int = 4
+    linear_avgpool_patchtokens: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain (YAML/JSON-safe) dict of a config dataclass; tuples become lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is type(None) and value is None:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"config key {key}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise UserError(f"config key {key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"config key {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key {key}: expected a string, got {value!r}")
+    return value
+
+
+def _merge_into(obj: Any, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in updates.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            close = ", ".join(sorted(names))
+            raise UserError(f"unknown config key '{key}' (known here: {close})")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(v, dict):
+                raise UserError(f"config key {key}: expected a section (mapping), got {v!r}")
+            _merge_into(cur, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.base_lr=1e-3"`` -> ``{"optim": {"base_lr": 0.001}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "1e-3" as a string; accept it as a float.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    out: dict = {}
+    d = out
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found (presets live in configs/)")
+    if path.resolve() in seen:
+        raise UserError(f"config file {path}: 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base:
+        merged = _read_yaml((path.parent / base), seen + (path.resolve(),))
+        _deep_update(merged, data)
+        return merged
+    return data
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _fix_yaml_floats(d: Any) -> Any:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats."""
+    if isinstance(d, dict):
+        return {k: _fix_yaml_floats(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_fix_yaml_floats(v) for v in d]
+    if isinstance(d, str):
+        try:
+            return float(d) if any(c in d for c in "eE") and d.strip()[0] in "+-.0123456789" else d
+        except ValueError:
+            return d
+    return d
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _merge_into(cfg, _fix_yaml_floats(data))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data = _read_yaml(Path(path)) if path else {}
+    for o in overrides:
+        _deep_update(data, parse_override(o))
+    return config_from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that a type check cannot express; each failure names the key."""
+
+    def need(cond: bool, key: str, what: str) -> None:
+        if not cond:
+            raise UserError(f"config key {key}: {what}")
+
+    d = cfg.data
+    need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    need(d.global_size >= 8, "data.global_size", "must be >= 8 pixels")
+    need(d.local_size >= 8, "data.local_size", "must be >= 8 pixels")
+    need(d.n_local >= 0, "data.n_local", "must be >= 0")
+    for name in ("global_scale", "local_scale", "aspect_ratio", "blur_sigma"):
+        lo, hi = getattr(d, name)
+        need(0 < lo <= hi, f"data.{name}", f"needs 0 < low <= high, got {getattr(d, name)}")
+    need(d.global_scale[1] <= 1.0 and d.local_scale[1] <= 1.0, "data.*_scale", "scales must be <= 1")
+    for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p_local", "solarize_p_local"):
+        need(0.0 <= getattr(d, name) <= 1.0, f"data.{name}", "must be a probability in [0, 1]")
+    for name in ("blur_p_global", "solarize_p_global"):
+        need(all(0.0 <= p <= 1.0 for p in getattr(d, name)), f"data.{name}", "must be probabilities in [0, 1]")
+    for name in ("brightness", "contrast", "saturation"):
+        need(getattr(d, name) >= 0, f"data.{name}", "must be >= 0")
+    need(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
+    need(d.output_dtype in ("float32", "bfloat16", "float16"), "data.output_dtype", "must be float32, bfloat16 or float16")
+    need(d.threads >= 0, "data.threads", "must be >= 0 (0 = automatic)")
+    need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
+    need(d.eval_crop <= d.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
+    m = cfg.model
+    need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
+    need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
+    need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
+    lo = cfg.loss
+    need(lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0, "loss.*_temp", "temperatures must be > 0")
+    need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
+    o = cfg.optim
+    need(o.base_lr > 0, "optim.base_lr", "must be > 0")
+    need(o.min_lr >= 0, "optim.min_lr", "must be >= 0")
+    need(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
+    need(o.clip_mode in ("per_param", "global"), "optim.clip_mode", "must be per_param or global")
+    need(0 <= o.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]")
+    t = cfg.train
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "must be auto, bf16, fp16 or fp32")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = epoch ends only)")
+    need(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+    e = cfg.eval
+    need(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, "eval.knn_k", "must be a non-empty list of k >= 1")
+    need(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")

@@ -1,0 +1,83 @@
+"""Export a trained backbone as a plain timm state dict in safetensors, plus a JSON sidecar.
+
+The file holds exactly the keys of ``timm.create_model(arch, num_classes=0, **arch_kwargs)``,
+so timm loads it with no key surgery::
+
+    model = timm.create_model(arch, pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file="backbone.safetensors"), **arch_kwargs)
+
+``backbone.json`` beside it records ``arch``, ``arch_kwargs`` (those the run used, including the
+ones dino-pipe adds for ViTs: ``dynamic_img_size``, ``global_pool``), the embedding size and the
+source checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dino_pipe.atomic import atomic_write_json
+from dino_pipe.errors import UserError
+from dino_pipe.models.backbone import is_vit
+
+
+def sidecar_path(out: str | Path) -> Path:
+    return Path(out).with_suffix(".json")
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "teacher") -> dict[str, Any]:
+    """Write the ``which`` backbone of ``checkpoint`` to ``out`` (.safetensors) and its sidecar JSON."""
+    import timm
+    from safetensors.torch import save_file
+
+    from dino_pipe.eval.trained_backbone import load_backbone
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: the file name must end in .safetensors")
+    loaded = load_backbone(checkpoint, which)  # checks that the weights fit the architecture
+    model, cfg = loaded.model, loaded.config
+    state = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
+    arch_kwargs = dict(cfg.model.arch_kwargs)
+    if is_vit(cfg.model.arch):
+        arch_kwargs.setdefault("dynamic_img_size", True)
+        arch_kwargs.setdefault("global_pool", "token")
+    meta = {"format": "dino-pipe-backbone", "arch": cfg.model.arch, "which": which, "step": str(loaded.source["step"])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    info = {
+        "file": str(out),
+        "arch": cfg.model.arch,
+        "arch_kwargs": arch_kwargs,
+        "num_features": int(getattr(model, "num_features", 0)),
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "source": loaded.source,
+        "timm_version": timm.__version__,
+        "load": (f"timm.create_model({cfg.model.arch!r}, pretrained=True, num_classes=0, "
+                 f"pretrained_cfg_overlay=dict(file={out.name!r}), **arch_kwargs)"),
+    }
+    atomic_write_json(sidecar_path(out), info)
+    return info
+
+
+def load_exported(path: str | Path) -> torch.nn.Module:
+    """The exported backbone through timm's own pretrained-file loading (what a user would do)."""
+    import json
+
+    import timm
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file() or not side.is_file():
+        raise UserError(f"{path}: exported backbone or its sidecar {side.name} not found")
+    info = json.loads(side.read_text())
+    model = timm.create_model(info["arch"], pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(path)), **info["arch_kwargs"])
+    return model.eval()

@@ -1,0 +1,82 @@
+"""The DINO loss: cross-entropy between a centered, sharpened teacher and the student, over crop pairs.
+
+For a batch of ``B`` images with ``V`` student views (2 global + ``V-2`` local) and 2 teacher
+(global) views, with head outputs ``s_v = g_student(x_v)`` and ``t_i = g_teacher(x_i)`` in R^K::
+
+    P_t,i = softmax((t_i - c) / tau_t)          teacher: centered, sharpened    (no gradient)
+    log P_s,v = log_softmax(s_v / tau_s)         student
+    L = 1 / (2V - 2) * sum_{i in {0,1}} sum_{v != i} mean_b [ - sum_k P_t,i[b,k] log P_s,v[b,k] ]
+
+Same-view pairs (teacher view i with student view i) are skipped. The center is an exponential
+moving average of the teacher's raw outputs over the whole global batch (all ranks)::
+
+    c <- m c + (1 - m) * (1 / (2 B W)) * sum_{ranks} sum_{i, b} t_i[b]       (m = 0.9)
+
+Shapes: ``student_out [V*B, K]`` (view-major: rows ``v*B .. v*B+B-1`` are view ``v``),
+``teacher_out [2*B, K]``, ``center [1, K]``. The loss is computed in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy of student views against centered/sharpened teacher global views.
+
+    Args:
+        out_dim: K, the number of prototypes (head output size).
+        student_temp: tau_s (0.1).
+        center_momentum: m, the EMA momentum of the center (0.9).
+        n_teacher_views: number of teacher views (2 global crops).
+
+    ``forward(student_out, teacher_out, teacher_temp)`` returns the scalar loss and (unless
+    ``update_center=False``) updates the center buffer from ``teacher_out`` afterwards, averaging
+    over all ranks when ``torch.distributed`` is initialized.
+    """
+
+    def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 n_teacher_views: int = 2):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.n_teacher_views = n_teacher_views
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """``softmax((t - c) / tau_t)``, shape ``[2*B, K]``, float32, no gradient."""
+        return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float,
+                *, update_center: bool = True) -> torch.Tensor:
+        n_t = self.n_teacher_views
+        batch = teacher_out.shape[0] // n_t
+        n_s = student_out.shape[0] // batch
+        if batch * n_t != teacher_out.shape[0] or batch * n_s != student_out.shape[0]:
+            raise ValueError(f"DINOLoss: teacher rows {teacher_out.shape[0]} and student rows "
+                             f"{student_out.shape[0]} are not multiples of one batch size")
+        q = self.teacher_probs(teacher_out, teacher_temp).view(n_t, batch, -1)  # [T, B, K]
+        log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_s, batch, -1)  # [V, B, K]
+        # cross[i, v] = mean_b -sum_k q[i,b,k] log_p[v,b,k]
+        cross = -torch.einsum("tbk,vbk->tv", q, log_p) / batch
+        keep = torch.ones(n_t, n_s, dtype=torch.bool, device=cross.device)
+        same = torch.arange(min(n_t, n_s), device=cross.device)
+        keep[same, same] = False
+        loss = cross[keep].sum() / keep.sum()
+        if update_center:
+            self.update_center(teacher_out)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """``c <- m c + (1 - m) mean(teacher_out)``, the mean taken over all rows of all ranks."""
+        total = teacher_out.detach().float().sum(dim=0, keepdim=True)
+        count = torch.tensor([float(teacher_out.shape[0])], device=total.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.cat([total.flatten(), count])
+            dist.all_reduce(packed)
+            total, count = packed[:-1].view_as(total), packed[-1:]
+        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)

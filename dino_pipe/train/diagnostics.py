@@ -1,0 +1,74 @@
+"""Collapse diagnostics for the teacher's output distribution.
+
+DINO can collapse two ways (paper Sec. 5.3): to a **uniform** output (entropy ``H(P_t) -> ln K``;
+too much centering) or to **one dimension** dominating for every image (``H(P_t) -> 0`` and
+every image's argmax is the same prototype; too much sharpening). We track, over a window of steps:
+
+* ``teacher_entropy``: mean over images of ``H(P_t) = -sum_k P_t[k] ln P_t[k]`` (0 .. ln K),
+* ``teacher_entropy_max = ln K``,
+* ``marginal_entropy``: ``H(mean_b P_t[b])``, the entropy of the batch-average distribution,
+* ``prototypes_used``: how many distinct argmax prototypes the window's images picked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class CollapseMonitor:
+    """Accumulates teacher probabilities' statistics; ``summary()`` returns and resets the window."""
+
+    def __init__(self, out_dim: int, *, uniform_ratio: float = 0.98, onehot_ratio: float = 0.02):
+        self.out_dim = out_dim
+        self.uniform_ratio = uniform_ratio
+        self.onehot_ratio = onehot_ratio
+        self._reset()
+
+    def _reset(self) -> None:
+        self._entropy_sum = 0.0
+        self._count = 0
+        self._mean_p: torch.Tensor | None = None
+        self._batches = 0
+        self._argmax_hist: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def observe(self, teacher_probs: torch.Tensor) -> None:
+        """``teacher_probs [N, K]``: centered, sharpened teacher softmax of one step (float32)."""
+        p = teacher_probs.detach().float()
+        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
+        hist = torch.bincount(p.argmax(dim=-1), minlength=self.out_dim)
+        mean_p = p.mean(dim=0)
+        ent_sum = ent.sum()  # kept as a tensor: observing every step costs no host sync
+        self._entropy_sum = ent_sum if self._count == 0 else self._entropy_sum + ent_sum
+        self._count += p.shape[0]
+        self._mean_p = mean_p if self._mean_p is None else self._mean_p + mean_p
+        self._argmax_hist = hist if self._argmax_hist is None else self._argmax_hist + hist
+        self._batches += 1
+
+    def summary(self) -> dict[str, float]:
+        if not self._count:
+            return {}
+        mean_p = (self._mean_p / self._batches).clamp_min(1e-30)
+        out = {
+            "teacher_entropy": float(self._entropy_sum) / self._count,
+            "teacher_entropy_max": math.log(self.out_dim),
+            "marginal_entropy": float(-(mean_p * mean_p.log()).sum()),
+            "prototypes_used": int((self._argmax_hist > 0).sum()),
+        }
+        self._reset()
+        return out
+
+    def warning(self, stats: dict[str, float]) -> str | None:
+        """A one-line warning when the teacher looks collapsed, else None."""
+        if not stats:
+            return None
+        ln_k = stats["teacher_entropy_max"]
+        if stats["teacher_entropy"] >= self.uniform_ratio * ln_k:
+            return (f"teacher output is near uniform (entropy {stats['teacher_entropy']:.3f} of max {ln_k:.3f}): "
+                    "collapse to uniform? (lower the teacher temperature / center momentum)")
+        if stats["marginal_entropy"] <= self.onehot_ratio * ln_k or stats["prototypes_used"] <= 1:
+            return (f"teacher output is near one-hot on the same prototype for all images (marginal entropy "
+                    f"{stats['marginal_entropy']:.3f}, {stats['prototypes_used']} prototype(s) used): collapse?")
+        return None

@@ -1,0 +1,185 @@
+"""One DINO training step and everything it owns: student, teacher, loss, optimizer, scaler, schedules.
+
+``DINOTrainer(cfg, env, steps_per_epoch).step(views, step)`` runs, for global step ``step``::
+
+    lr, wd, m, tau_t = schedules(step)
+    t = teacher(views[:2])                      # globals only, no gradient
+    s = student(views)                          # all crops, same-resolution views batched
+    loss = DINOLoss(s, t, tau_t)                # centered/sharpened teacher, skip same-view pairs
+    (check loss is finite on every rank; stop otherwise)
+    backward; clip (per parameter by default); drop last-layer grads in the first epoch(s)
+    optimizer step; teacher <- m teacher + (1 - m) student; center update (all-reduced)
+
+Mixed precision: ``bf16`` autocast (no scaler) or ``fp16`` autocast with a GradScaler on the GPU;
+``fp32`` on the CPU. ``train.compile`` wraps the forward passes in ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dino_pipe.config import Config
+from dino_pipe.errors import UserError
+from dino_pipe.models import DINOModel, create_student_teacher
+from dino_pipe.objective import DINOLoss
+from dino_pipe.train.distributed import DistEnv
+from dino_pipe.train.ema import TeacherEMA
+from dino_pipe.train.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
+from dino_pipe.train.schedules import Schedules
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 on the CPU; fp16 needs CUDA."""
+    if precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    if precision == "fp16" and device != "cuda":
+        raise UserError("config key train.precision: fp16 needs a GPU (use fp32 or auto on the CPU)")
+    return precision
+
+
+class NonFiniteLoss(Exception):
+    """Raised by :meth:`DINOTrainer.step` when the loss is NaN/Inf on any rank (nothing was updated)."""
+
+    def __init__(self, step: int, value: float, what: str):
+        super().__init__(f"loss is {value} at step {step}: {what}")
+        self.step, self.value, self.what = step, value, what
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over ranks
+    grad_norm: torch.Tensor  # before clipping (0-d, on the device; float() it only when logging)
+    teacher_probs: torch.Tensor  # [2B, K] centered/sharpened teacher softmax (for diagnostics)
+    values: dict  # the schedule values used: lr, wd, momentum, teacher_temp
+
+
+class DINOTrainer:
+    def __init__(self, cfg: Config, env: DistEnv, steps_per_epoch: int):
+        self.cfg, self.env = cfg, env
+        self.device = env.torch_device()
+        self.precision = resolve_precision(cfg.train.precision, env.device)
+        self.steps_per_epoch = steps_per_epoch
+        self.global_batch = cfg.data.batch_size * env.world_size
+        self.schedules = Schedules.from_config(cfg, steps_per_epoch, self.global_batch)
+        self.total_steps = cfg.train.epochs * steps_per_epoch
+
+        torch.manual_seed(cfg.train.seed)  # same init on every rank (teacher == student everywhere)
+        student, teacher = create_student_teacher(cfg.model)
+        if env.world_size > 1 and env.device == "cuda" and _has_batchnorm(student):
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        self.student: DINOModel = student.to(self.device)
+        self.teacher: DINOModel = teacher.to(self.device)
+        self.teacher.train()  # as the reference: BatchNorm (ResNet) uses batch statistics; ViTs are unaffected
+        self.loss_fn = DINOLoss(cfg.model.out_dim, student_temp=cfg.loss.student_temp,
+                                center_momentum=cfg.loss.center_momentum).to(self.device)
+        self.optimizer = build_optimizer(self.student, cfg.optim,
+                                         fused=env.device == "cuda" and cfg.optim.optimizer == "adamw")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.ema = TeacherEMA(self.student, self.teacher)
+
+        if env.world_size > 1:
+            self.student_ddp: nn.Module = DistributedDataParallel(
+                self.student, device_ids=[env.local_rank] if env.device == "cuda" else None,
+                broadcast_buffers=False)
+        else:
+            self.student_ddp = self.student
+        self.student_fwd = self.student_ddp
+        self.teacher_fwd = self.teacher
+        if cfg.train.compile:
+            self.student_fwd = torch.compile(self.student_ddp)
+            self.teacher_fwd = torch.compile(self.teacher)
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _prepare(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for v in views:
+            v = v.to(self.device, non_blocking=True)
+            if self.precision == "fp32" and v.dtype != torch.float32:
+                v = v.float()
+            out.append(v)
+        return out
+
+    def step(self, views: list[torch.Tensor], step: int) -> StepResult:
+        """Run global step ``step`` (0-based) on this rank's ``views``; raise NonFiniteLoss before updating."""
+        values = self.schedules.at(step)
+        epoch = step // self.steps_per_epoch
+        set_lr_wd(self.optimizer, values["lr"], values["wd"])
+        views = self._prepare(views)
+        with self.autocast():
+            with torch.no_grad():
+                teacher_out = self.teacher_fwd(views[:2])
+            student_out = self.student_fwd(views)
+        teacher_out, student_out = teacher_out.float(), student_out.float()
+        loss = self.loss_fn(student_out, teacher_out, values["teacher_temp"], update_center=False)
+
+        loss_mean = loss.detach().clone()
+        if self.env.world_size > 1:  # every rank learns when any rank went non-finite
+            dist.all_reduce(loss_mean)
+            loss_mean /= self.env.world_size
+        loss_value = float(loss_mean)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(step + 1, loss_value, _what_went_wrong(student_out, teacher_out, loss))
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_gradients(self.student, self.cfg.optim.clip_grad, self.cfg.optim.clip_mode)
+        cancel_last_layer_grads(self.student, epoch, self.cfg.optim.freeze_last_layer_epochs)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(values["momentum"])
+        teacher_probs = self.loss_fn.teacher_probs(teacher_out, values["teacher_temp"])
+        self.loss_fn.update_center(teacher_out)
+        return StepResult(loss_value, grad_norm.detach(), teacher_probs, values)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "center": self.loss_fn.center.detach().cpu().clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.loss_fn.center.copy_(state["center"].to(self.device))
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _what_went_wrong(student_out: torch.Tensor, teacher_out: torch.Tensor, loss: torch.Tensor) -> str:
+    s_ok = bool(torch.isfinite(student_out).all())
+    t_ok = bool(torch.isfinite(teacher_out).all())
+    if not s_ok and not t_ok:
+        return "student and teacher outputs have non-finite values"
+    if not s_ok:
+        return "student output has non-finite values (teacher output is finite)"
+    if not t_ok:
+        return "teacher output has non-finite values (student output is finite)"
+    if not bool(torch.isfinite(loss)):
+        return "both outputs are finite but the loss is not (check the temperatures)"
+    return "another rank's loss is non-finite"

@@ -1,0 +1,83 @@
+"""The typed config tree: presets, dotted overrides and one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from dino_pipe.config import Config, config_from_dict, load_config, parse_override
+from dino_pipe.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_reference_recipe():
+    c = load_config()
+    assert c.data.global_size == 224 and c.data.local_size == 96 and c.data.n_local == 8
+    assert c.data.global_scale == (0.4, 1.0) and c.data.local_scale == (0.05, 0.4)
+    assert c.data.blur_p_global == (1.0, 0.1) and c.data.solarize_p_global == (0.0, 0.2)
+    assert c.loss.student_temp == 0.1 and c.loss.center_momentum == 0.9
+    assert c.optim.base_lr == 5e-4 and c.optim.momentum_teacher == 0.996
+    assert c.model.out_dim == 65536
+
+
+def test_dotted_overrides_are_typed():
+    c = load_config(None, ["optim.base_lr=1e-3", "data.n_local=10", "data.global_scale=[0.3, 1.0]",
+                           "train.compile=true", "model.arch_kwargs={img_size: 32}"])
+    assert c.optim.base_lr == pytest.approx(1e-3) and isinstance(c.optim.base_lr, float)
+    assert c.data.n_local == 10
+    assert c.data.global_scale == (0.3, 1.0)
+    assert c.train.compile is True
+    assert c.model.arch_kwargs == {"img_size": 32}
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optim.base_lrr=1", "optim.base_lrr"),
+        ("nosection.x=1", "nosection"),
+        ("data.n_local=two", "data.n_local"),
+        ("data.n_local=-1", "data.n_local"),
+        ("data.flip_p=1.5", "data.flip_p"),
+        ("train.precision=fp8", "train.precision"),
+        ("data.global_scale=[0.5]", "data.global_scale"),
+        ("train.compile=maybe", "train.compile"),
+        ("optim", "optim"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(UserError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_yaml_preset_with_base_and_scientific_floats(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  base_lr: 5e-4\ndata:\n  n_local: 6\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ndata:\n  n_local: 2\n")
+    c = load_config(tmp_path / "child.yaml")
+    assert c.optim.base_lr == pytest.approx(5e-4) and c.data.n_local == 2
+
+
+def test_missing_and_broken_yaml_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_round_trip_through_dict():
+    c = load_config(None, ["data.n_local=3", "eval.knn_k=[5, 7]"])
+    assert config_from_dict(c.to_dict()) == c
+    assert isinstance(Config().to_dict()["data"]["global_scale"], list)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")) or ["<none>"])
+def test_every_preset_loads(preset):
+    if preset == "<none>":
+        pytest.skip("no presets yet")
+    load_config(CONFIGS / preset)

@@ -1,0 +1,163 @@
+"""The training loop end to end on the CPU: run dir, exact resume after kill -9, NaN stop, real shards,
+and the one-line user errors of the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dino_pipe.atomic import read_jsonl
+from dino_pipe.config import load_config
+from dino_pipe.errors import UserError
+from dino_pipe.train import load_checkpoint
+from dino_pipe.train.loop import train
+
+TINY = ["model.arch=vit_tiny_patch16_224", "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}",
+        "model.out_dim=64", "model.hidden_dim=32", "model.bottleneck_dim=16", "data.batch_size=4",
+        "data.global_size=32", "data.local_size=16", "data.n_local=2", "optim.warmup_epochs=1",
+        "train.log_every_steps=1", "train.collapse_check_every_steps=2", "train.cpu_threads=1"]
+
+
+def tiny_cfg(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+def test_run_dir_layout_checkpoints_and_resume(tmp_path):
+    cfg = tiny_cfg("train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=2", "train.max_steps=5")
+    s = train(cfg, "synthetic:32", tmp_path, gpus=0, progress=False)  # 8 steps per epoch
+    assert s["steps"] == 5 and s["last_checkpoint"].endswith("step-00000005.pt") and s["world_size"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000003.pt", "step-00000005.pt"]
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "summary.json").is_file()
+    m = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in m] == [1, 2, 3, 4, 5]
+    for key in ("loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s", "data_wait_pct", "grad_norm"):
+        assert key in m[-1]
+    assert "teacher_entropy" in m[1] and "prototypes_used" in m[1] and m[1]["teacher_entropy_max"] == pytest.approx(4.1589, 1e-3)
+    ck = load_checkpoint(tmp_path)
+    assert ck["step"] == 5 and ck["data"] == {"epoch": 0, "step": 5} and ck["center"].shape == (1, 64)
+    assert not torch.equal(ck["student"]["head.mlp.0.weight"], ck["teacher"]["head.mlp.0.weight"])
+
+    cfg2 = tiny_cfg("train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=2", "train.max_steps=10")
+    s2 = train(cfg2, "synthetic:32", tmp_path, gpus=0, progress=False)
+    assert s2["resumed_from"].endswith("step-00000005.pt") and s2["steps"] == 10 and s2["steps_this_run"] == 5
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 11))
+    # epoch end (step 8) was checkpointed; the schedule crossed into epoch 1
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+    with pytest.raises(UserError, match="different config.*optim.base_lr"):
+        train(tiny_cfg("train.epochs=2", "optim.base_lr=0.1"), "synthetic:32", tmp_path, gpus=0, progress=False)
+
+
+def _cli(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dino_pipe", "train", "--data", "synthetic:48", "--output", str(run_dir),
+            "--gpus", "0", "-q", *TINY, "train.epochs=2", "train.checkpoint_every_steps=2", "model.drop_path=0.1", *extra]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def test_exact_resume_after_kill9(tmp_path):
+    """kill -9 at a random step, rerun the same command: the final weights equal an uninterrupted run's."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cli(full), check=True, env=_env(), capture_output=True, timeout=300)
+    kill_at = random.Random(os.getpid()).randint(5, 19)  # 24 steps in total
+    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] if (killed / "metrics.jsonl").exists() else []
+        if steps and steps[-1] >= kill_at:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = load_checkpoint(killed)["step"]
+    assert before < 24
+    res = subprocess.run(_cli(killed), env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    a, b = load_checkpoint(full), load_checkpoint(killed)
+    assert a["step"] == b["step"] == 24
+    for part in ("student", "teacher"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume (killed at step ~{kill_at})"
+    assert torch.equal(a["center"], b["center"])
+    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 25))
+    for ra, rb in zip(read_jsonl(full / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")):
+        assert ra["loss"] == rb["loss"]
+
+
+def test_nonfinite_loss_stops_and_overwrites_nothing(tmp_path, monkeypatch):
+    from dino_pipe.models import DINOModel
+
+    cfg = tiny_cfg("train.epochs=1", "train.checkpoint_every_steps=2")
+    real_forward = DINOModel.forward
+    calls = {"student": 0}
+
+    def poisoned(self, views):
+        out = real_forward(self, views)
+        if len(views) > 2:  # the student sees all 4 crops, the teacher the 2 globals
+            calls["student"] += 1
+            if calls["student"] == 5:
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(DINOModel, "forward", poisoned)
+    with pytest.raises(UserError) as e:
+        train(cfg, "synthetic:32", tmp_path, gpus=0, progress=False)
+    msg = str(e.value)
+    assert "step 5" in msg and "nan" in msg and "student output" in msg and "step-00000004.pt" in msg
+    assert e.value.exit_code != 0
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "checkpoints").iterdir()}
+    assert sorted(files) == ["step-00000002.pt", "step-00000004.pt"]
+    assert not (tmp_path / "summary.json").exists()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+    ck = load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in ck["student"].values())
+
+
+def test_real_shards_through_viewloader_and_exact_resume(tmp_path, tiny_shardset):
+    """A few steps on real JPEG shards through the DALI ViewLoader; stop + resume = straight run."""
+    base = ["train.epochs=2", "data.batch_size=16", "train.checkpoint_every_steps=2", "model.drop_path=0.1"]
+    straight = train(tiny_cfg(*base, "train.max_steps=5"), tiny_shardset, tmp_path / "a", gpus=0, progress=False)
+    assert straight["steps"] == 5
+    train(tiny_cfg(*base, "train.max_steps=3"), tiny_shardset, tmp_path / "b", gpus=0, progress=False)
+    resumed = train(tiny_cfg(*base, "train.max_steps=5"), tiny_shardset, tmp_path / "b", gpus=0, progress=False)
+    assert resumed["resumed_from"].endswith("step-00000003.pt")
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert a["data"]["epoch"] == b["data"]["epoch"] and a["data"]["step"] == b["data"]["step"]
+    for k, v in a["student"].items():
+        assert torch.equal(v, b["student"][k]), k
+    la = [r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")]
+    lb = [r["loss"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    assert la == lb and all(torch.isfinite(torch.tensor(la)))
+
+
+def test_cli_user_errors_are_one_line(tmp_path, tiny_shardset):
+    from dino_pipe.cli import app
+
+    runner = CliRunner()
+    cases = [
+        (["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "r"), "--gpus", "0"], "no such shard set"),
+        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "model.nope=1"], "unknown config key"),
+        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "optim.clip_mode=foo"], "optim.clip_mode"),
+        (["train", "--data", str(tiny_shardset), "--output", str(tmp_path / "r"), "--gpus", "0", "data.batch_size=1000"], "batch"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "2"], "--gpus 2 requested"))
+    for args, needle in cases:
+        res = runner.invoke(app, args)
+        text = res.output
+        assert res.exit_code != 0, (args, text)
+        assert needle in text, (args, text)
+        assert "Traceback" not in text and text.strip().count("\n") <= 2, text

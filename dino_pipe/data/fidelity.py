@@ -1,0 +1,198 @@
+"""How far the DALI views are from the reference torchvision/PIL views, measured.
+
+Two measurements (``python -m dino_pipe.data.fidelity SHARDSET [--images 96] [--json out.json]``):
+
+* :func:`deviation_effects` isolates each deliberate deviation of the DALI graph (see
+  :mod:`dino_pipe.data.graph`) on the same crops with the same random factors: torchvision's op
+  vs the formula DALI computes (``tests/test_data_augment.py`` checks DALI against these formulas
+  to +-1 grey level). Reported in grey levels (0..255): mean |pixel difference|, the mean shift of
+  the view's mean, and the spread of that shift across views.
+* :func:`view_statistics` runs both whole pipelines over the same shard set and compares, per view
+  kind, the per-channel mean and std of the normalized pixels and the spread of per-view means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from dino_pipe.config import DataConfig
+from dino_pipe.data.shardset import open_shardset
+
+RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+YIQ2RGB = np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.107, 1.705]])
+
+
+def color_twist(x: np.ndarray, brightness=1.0, contrast=1.0, saturation=1.0, hue_deg=0.0) -> np.ndarray:
+    """DALI ``color_twist`` on HWC 0..255: ``B (C (YIQ2RGB R(h) S(s) RGB2YIQ x - 128) + 128)``, one clip."""
+    h = math.radians(hue_deg)
+    rot = np.array([[1, 0, 0], [0, math.cos(h), math.sin(h)], [0, -math.sin(h), math.cos(h)]])
+    m = brightness * contrast * YIQ2RGB @ rot @ np.diag([1.0, saturation, saturation]) @ RGB2YIQ
+    return np.clip(np.round(x.astype(np.float64) @ m.T + (128 - 128 * contrast) * brightness), 0, 255)
+
+
+def dali_jitter(x: np.ndarray, brightness=1.0, contrast=1.0, saturation=1.0, hue_deg=0.0) -> np.ndarray:
+    """The default DALI jitter (``data.contrast_center="mean"``): ``y = M(h, s) x`` (saturation + YIQ
+    hue, float), then ``B (m + C (y - m))`` about the input's mean luma ``m``, rounded and clipped once."""
+    h = math.radians(hue_deg)
+    rot = np.array([[1, 0, 0], [0, math.cos(h), math.sin(h)], [0, -math.sin(h), math.cos(h)]])
+    y = x.astype(np.float64) @ (YIQ2RGB @ rot @ np.diag([1.0, saturation, saturation]) @ RGB2YIQ).T
+    m = (x.astype(np.float64) @ RGB2YIQ[0]).mean()
+    return np.clip(np.round(brightness * (m + contrast * (y - m))), 0, 255)
+
+
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """DALI ``gaussian_blur``: separable Gaussian, radius ``ceil(3 sigma)``, reflect-101 borders."""
+    r = math.ceil(3 * sigma)
+    t = np.arange(-r, r + 1)
+    w = np.exp(-(t**2) / (2 * sigma**2))
+    w /= w.sum()
+    pad = np.pad(x.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="reflect")
+    rows = sum(w[i] * pad[i : i + x.shape[0]] for i in range(2 * r + 1))
+    return np.clip(np.round(sum(w[i] * rows[:, i : i + x.shape[1]] for i in range(2 * r + 1))), 0, 255)
+
+
+def _images(shardset, n: int) -> list[Image.Image]:
+    shards = open_shardset(shardset)
+    out = []
+    for tar in shards.tars:
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                if m.name.endswith(".jpg"):
+                    out.append(Image.open(io.BytesIO(t.extractfile(m).read())).convert("RGB"))
+                    if len(out) >= n:
+                        return out
+    return out
+
+
+def _summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Reference vs DALI-semantics outputs -> grey-level differences."""
+    mad = [np.abs(a.astype(np.float64) - b).mean() for a, b in pairs]
+    shift = [b.mean() - a.astype(np.float64).mean() for a, b in pairs]
+    std_shift = [b.std() - a.astype(np.float64).std() for a, b in pairs]
+    return {"mean_abs_pixel_diff": round(float(np.mean(mad)), 2),
+            "view_mean_shift": round(float(np.mean(shift)), 2),
+            "view_mean_shift_spread": round(float(np.std(shift)), 2),
+            "view_std_shift": round(float(np.mean(std_shift)), 2), "views": len(pairs)}
+
+
+def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 200, size: int = 112,
+                      seed: int = 0) -> dict:
+    """Each deliberate deviation alone, on the same crops and factors (grey levels, 0..255)."""
+    import torchvision.transforms.functional as TF
+    from torchvision import transforms as T
+
+    cfg = cfg or DataConfig()
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    imgs = _images(shardset, 64)
+    crop = T.RandomResizedCrop(size, scale=cfg.global_scale, interpolation=T.InterpolationMode.BICUBIC)
+    crops = [crop(imgs[i % len(imgs)]) for i in range(n_views)]
+    b, c, s, h = cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue
+    draws = [(rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c), rng.uniform(1 - s, 1 + s), rng.uniform(-h, h),
+              rng.sample(range(4), 4)) for _ in crops]
+
+    def tv_jitter(img, bf, cf, sf, hf, order):
+        for k in order:
+            img = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[k](img, (bf, cf, sf, hf)[k])
+        return np.asarray(img)
+
+    out = {}
+    # 1. fixed order (saturation, hue, contrast, brightness) vs torchvision's random order; torchvision ops
+    out["jitter_fixed_order"] = _summary([(tv_jitter(im, *d[:4], d[4]), tv_jitter(im, *d[:4], [2, 3, 1, 0]).astype(np.float64))
+                                          for im, d in zip(crops, draws)])
+    # 2. contrast centred at 128 vs at the image's mean grey level
+    out["contrast_centre_128"] = _summary([(np.asarray(TF.adjust_contrast(im, d[1])), color_twist(np.asarray(im), contrast=d[1]))
+                                           for im, d in zip(crops, draws)])
+    # 3. hue as a YIQ rotation vs an HSV hue shift
+    out["hue_yiq_rotation"] = _summary([(np.asarray(TF.adjust_hue(im, d[3])), color_twist(np.asarray(im), hue_deg=360 * d[3]))
+                                        for im, d in zip(crops, draws)])
+    # 4. the whole jitter: torchvision ColorJitter (random order, clip per op) vs the DALI graph's
+    #    jitter (default: contrast about the mean grey) and vs a single 128-centred color_twist
+    out["jitter_total"] = _summary([(tv_jitter(im, *d[:4], d[4]), dali_jitter(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+                                    for im, d in zip(crops, draws)])
+    out["jitter_total_centre_128"] = _summary([(tv_jitter(im, *d[:4], d[4]), color_twist(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+                                               for im, d in zip(crops, draws)])
+    # 4b. brightness + contrast only (no hue): what remains is order and clipping
+    out["brightness_contrast_only"] = _summary([(tv_jitter(im, d[0], d[1], 1.0, 0.0, d[4]), dali_jitter(np.asarray(im), d[0], d[1]))
+                                                for im, d in zip(crops, draws)])
+    # 5. grayscale folded into the twist (saturation 0) vs PIL convert("L")
+    out["grayscale_via_saturation_0"] = _summary([(np.asarray(im.convert("L").convert("RGB")), color_twist(np.asarray(im), saturation=0.0))
+                                                  for im in crops])
+    # 6. Gaussian blur: true Gaussian (DALI) vs PIL's box-blur approximation, sigma ~ U(blur_sigma)
+    sig = [rng.uniform(*cfg.blur_sigma) for _ in crops]
+    out["blur_gaussian_vs_pil"] = _summary([(np.asarray(im.filter(ImageFilter.GaussianBlur(radius=sg))), gaussian_blur(np.asarray(im), sg))
+                                            for im, sg in zip(crops[:80], sig)])
+    # 7. resize filter: PIL bicubic (reference) vs PIL bilinear (the data.interp="linear" option's filter)
+    boxes = [(im, T.RandomResizedCrop.get_params(im, list(cfg.local_scale), [3 / 4, 4 / 3])) for im in imgs[:40]]
+    pil = lambda im, b, f: np.asarray(im.crop((b[1], b[0], b[1] + b[3], b[0] + b[2])).resize((cfg.local_size,) * 2, f))  # noqa: E731
+    out["interp_linear_vs_bicubic"] = _summary([(pil(im, b, Image.BICUBIC), pil(im, b, Image.BILINEAR).astype(np.float64))
+                                                for im, b in boxes])
+    return out
+
+
+def _view_moments(views: list[torch.Tensor]) -> dict:
+    x = torch.cat([v.float() for v in views])  # [n, 3, H, W]
+    per_view_mean = x.mean(dim=(1, 2, 3))
+    return {"channel_mean": [round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist()],
+            "channel_std": [round(v, 4) for v in x.std(dim=(0, 2, 3)).tolist()],
+            "view_mean_spread": round(per_view_mean.std().item(), 4), "views": len(x)}
+
+
+def view_statistics(shardset, cfg: DataConfig | None = None, epochs: int = 4, n_local: int = 2,
+                    batch_size: int = 16, seed: int = 0) -> dict:
+    """Per view kind (global1, global2, local): DALI vs reference moments of the normalized views."""
+    from dino_pipe.data.loader import ViewLoader
+    from dino_pipe.data.reference import MultiCropTransform
+
+    cfg = cfg or DataConfig()
+    loader = ViewLoader(shardset, cfg, batch_size=batch_size, n_local=n_local, seed=seed)
+    dali = {"global1": [], "global2": [], "local": []}
+    for _ in range(epochs):
+        for batch in loader:
+            dali["global1"].append(batch.views[0])
+            dali["global2"].append(batch.views[1])
+            dali["local"].extend(batch.views[2:])
+    loader.close()
+    n_imgs = loader.num_samples
+    ref = {"global1": [], "global2": [], "local": []}
+    random.seed(seed)
+    torch.manual_seed(seed)
+    transform = MultiCropTransform(cfg, n_local)
+    for _ in range(epochs):
+        for img in _images(shardset, n_imgs):
+            views = transform(img)
+            ref["global1"].append(views[0][None])
+            ref["global2"].append(views[1][None])
+            ref["local"].extend(v[None] for v in views[2:])
+    return {kind: {"dali": _view_moments(dali[kind]), "reference": _view_moments(ref[kind])} for kind in dali}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="DALI vs reference augmentation statistics")
+    ap.add_argument("shardset", type=Path)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--global-size", type=int, default=224)
+    ap.add_argument("--local-size", type=int, default=96)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    cfg = DataConfig(global_size=args.global_size, local_size=args.local_size)
+    result = {"deviation_effects_grey_levels": deviation_effects(args.shardset, cfg),
+              "view_statistics_normalized": view_statistics(args.shardset, cfg, epochs=args.epochs)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""PyTorch-facing iterators over the DALI graphs: :class:`ViewLoader` (training) and :class:`EvalLoader`.
+
+Both run one DALI pipeline per process (rank) and hand out ``torch.Tensor`` batches (copied out of
+DALI's buffers with ``nvidia.dali.plugin.pytorch.feed_ndarray``, on the current CUDA stream for the
+GPU graph).
+
+Epochs. The reader pads every rank's shard to ``P = ceil(ceil(N / world) / B)`` batches per epoch
+(padding repeats a sample at the *end* of the epoch, see :func:`dino_pipe.data.graph.read_shards`),
+so the pipeline is an endless stream in which batch ``t`` belongs to epoch ``t // P``. The training
+loader yields the first ``len(loader) = floor(floor(N / world) / B)`` batches of each epoch (whole
+batches of real samples; the same count on every rank) and runs the rest of the epoch's batches
+unseen; the eval loader yields every real sample once and cuts the padding off by position.
+
+Resume. ``state_dict()`` holds ``(epoch, step)`` and DALI's own checkpoint
+(``enable_checkpointing=True``: reader position, shuffle buffer and the state of every random op).
+DALI records the checkpoint for the last iteration the *consumer* received, not the prefetched
+ones, so a pipeline rebuilt from it produces exactly the batch after the last one handed out
+(verified by ``tests/test_data_loader.py``). A state saved by another rank (or without a
+checkpoint) resumes by replay: rebuild with the same seed and run ``position`` batches unseen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dino_pipe.config import DataConfig
+from dino_pipe.data.graph import FLAG_NAMES, dali_dtype, dali_errors, eval_graph, op_seed, train_graph
+from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
+from dino_pipe.data.shardset import ShardSet, open_shardset
+from dino_pipe.errors import UserError
+
+STATE_VERSION = 1
+
+
+@dataclass
+class ViewBatch:
+    """``views``: 2 globals ``[B, 3, G, G]`` then ``n_local`` locals ``[B, 3, L, L]``; ``labels [B]``
+    (int64) or None for an unlabelled set. ``debug=True`` loaders add ``indices [B]`` (global sample
+    index in shard-set order) and ``flags``: one ``[B, len(FLAG_NAMES)]`` float tensor per view."""
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor | None
+    indices: torch.Tensor | None = None
+    flags: list[torch.Tensor] | None = None
+
+
+def _device_kind(device: str) -> str:
+    if device in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but CUDA is not available here (use --device cpu)")
+        return "gpu"
+    if device != "cpu":
+        raise UserError(f"device '{device}' is not one of cpu, cuda")
+    return "cpu"
+
+
+def default_threads(cfg: DataConfig, local_world_size: int) -> int:
+    """``cfg.threads`` or, when 0, the cores this process may use divided by the processes on this node."""
+    if cfg.threads > 0:
+        return cfg.threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size))
+
+
+def _local_procs(world_size: int, kind: str, local_world_size: int | None) -> int:
+    if local_world_size is not None:
+        return local_world_size
+    if kind == "gpu":
+        return max(1, min(world_size, torch.cuda.device_count()))
+    return world_size
+
+
+class _DaliRunner:
+    """Builds one DALI pipeline, runs it with one-line errors and copies outputs into torch tensors."""
+
+    def __init__(self, shards: ShardSet, kind: str, device_id: int):
+        self.shards = shards
+        self.kind = kind
+        self.device_id = device_id
+        self.pipe = None
+        self.torch_device = torch.device(f"cuda:{device_id}") if kind == "gpu" else torch.device("cpu")
+
+    def build(self, make, checkpoint: bytes | None = None) -> None:
+        self.close()
+        with dali_errors(self.shards):
+            pipe = make(checkpoint)
+            pipe.build()
+        self.pipe = pipe
+
+    def run(self):
+        with dali_errors(self.shards):
+            return self.pipe.run()
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            del self.pipe
+            self.pipe = None
+
+    def to_torch(self, tl, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A dense DALI batch (TensorList) as a torch tensor on this runner's device."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        tensor = tl.as_tensor()
+        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.torch_device)
+        stream = torch.cuda.current_stream(self.torch_device) if self.kind == "gpu" else None
+        feed_ndarray(tensor, out, cuda_stream=stream)
+        return out if dtype is None or dtype == out.dtype else out.to(dtype)
+
+
+def _strings(tl) -> list[str]:
+    return [bytes(np.asarray(tl[i])).decode("utf-8", "replace") for i in range(len(tl))]
+
+
+def _labels(tl) -> torch.Tensor:
+    return torch.tensor([int(s) for s in _strings(tl)], dtype=torch.int64)
+
+
+def _indices(tl, index: dict[tuple[str, str], int]) -> torch.Tensor:
+    """Global sample indices from DALI ``source_info`` strings ``"<tar path>:<offset>:<member>"``."""
+    out = []
+    for s in _strings(tl):
+        path, _, member = s.rsplit(":", 2)
+        out.append(index[(os.path.basename(path), member)])
+    return torch.tensor(out, dtype=torch.int64)
+
+
+class ViewLoader:
+    """Multi-crop training batches from a shard set through the DALI graph.
+
+    ``for batch in loader`` yields the rest of the current epoch (``len(loader)`` batches per
+    epoch per rank, partial batches dropped, same count on every rank); iterating again runs the
+    next epoch. ``loader.epoch`` is the epoch the next batch belongs to. Same seed -> identical
+    batches; ranks read disjoint shards of the set and draw different augmentations.
+    """
+
+    def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
+                 world_size: int = 1, seed: int | None = None, batch_size: int | None = None,
+                 n_local: int | None = None, debug: bool = False, local_world_size: int | None = None):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
+        self.cfg = cfg
+        self.kind = _device_kind(device)
+        self.rank, self.world_size = rank, world_size
+        self.seed = cfg.seed if seed is None else int(seed)
+        self.batch_size = int(batch_size or cfg.batch_size)
+        self.specs: list[ViewSpec] = multicrop_recipe(cfg, n_local)
+        self.debug = debug
+        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
+        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
+        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
+        n = self.shards.num_samples
+        self._steps = (n // world_size) // self.batch_size
+        if self._steps == 0:
+            raise UserError(f"shard set {self.shards.root}: {n} samples do not fill one batch of {self.batch_size} "
+                            f"on each of {world_size} rank(s); lower data.batch_size")
+        self._batches_per_epoch = math.ceil(math.ceil(n / world_size) / self.batch_size)
+        self._runner = _DaliRunner(self.shards, self.kind, device_id)
+        self._sample_index = self.shards.sample_index() if debug else None
+        self.epoch = 0
+        self._step = 0  # batches of the current epoch already handed out
+        self._pending: tuple[bytes | None, int] | None = None  # (checkpoint, replay batches) to apply at build
+
+    # -- facts ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._steps
+
+    @property
+    def num_samples(self) -> int:
+        return self.shards.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.shards.num_classes
+
+    @property
+    def n_local(self) -> int:
+        return len(self.specs) - 2
+
+    @property
+    def position(self) -> int:
+        """Pipeline iterations consumed so far (epochs x padded batches per epoch + step)."""
+        return self.epoch * self._batches_per_epoch + self._step
+
+    # -- pipeline -------------------------------------------------------------------------------
+    def _make(self, checkpoint: bytes | None):
+        cfg = self.cfg
+        return train_graph(
+            self.shards, self.specs, device=self.kind, shard_id=self.rank, num_shards=self.world_size,
+            run_seed=self.seed, shuffle_buffer=cfg.shuffle_buffer, hw_decoder_load=cfg.hw_decoder_load,
+            mean=cfg.mean, std=cfg.std, dtype=self._dtype, contrast_center=cfg.contrast_center, debug=self.debug,
+            batch_size=self.batch_size, num_threads=self.threads,
+            device_id=self._runner.device_id if self.kind == "gpu" else None,
+            seed=op_seed(self.seed, "pipeline", self.rank), prefetch_queue_depth=cfg.prefetch, enable_checkpointing=True, checkpoint=checkpoint,
+            exec_dynamic=True)
+
+    def _ensure_pipe(self) -> None:
+        if self._runner.pipe is not None:
+            return
+        checkpoint, replay = self._pending or (None, 0)
+        self._pending = None
+        self._runner.build(self._make, checkpoint)
+        for _ in range(replay):
+            self._runner.run()
+
+    def _finish_epoch(self) -> None:
+        """Run the epoch's remaining (dropped/padded) batches so the next epoch starts aligned."""
+        for _ in range(self._batches_per_epoch - self._step):
+            self._runner.run()
+        self.epoch += 1
+        self._step = 0
+
+    def _batch(self, outs) -> ViewBatch:
+        r = self._runner
+        nv = len(self.specs)
+        views = [r.to_torch(outs[i], self._torch_dtype) for i in range(nv)]
+        k = nv
+        labels = None
+        if self.shards.labeled:
+            labels = _labels(outs[k])
+            k += 1
+        if not self.debug:
+            return ViewBatch(views=views, labels=labels)
+        indices = _indices(outs[k], self._sample_index)
+        flags = [torch.from_numpy(np.array(outs[k + 1 + i].as_tensor())) for i in range(nv)]
+        return ViewBatch(views=views, labels=labels, indices=indices, flags=flags)
+
+    def __iter__(self):
+        self._ensure_pipe()
+        if self._step >= self._steps:
+            self._finish_epoch()
+        while self._step < self._steps:
+            outs = self._runner.run()
+            self._step += 1
+            yield self._batch(outs)
+        self._finish_epoch()
+
+    # -- resume ---------------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        spec = ";".join(repr(s) for s in self.specs)
+        return f"{self.shards.num_samples}|{self.batch_size}|{self.world_size}|{self.seed}|{spec}|{self.cfg.shuffle_buffer}|{self.cfg.contrast_center}|{self.cfg.interp}"
+
+    def state_dict(self) -> dict:
+        """Plain types only (loads with ``torch.load(weights_only=True)``): where the consumer is
+        and DALI's checkpoint of the pipeline as of the last batch handed out."""
+        checkpoint = b""
+        if self._runner.pipe is not None:
+            with dali_errors(self.shards):
+                checkpoint = bytes(self._runner.pipe.checkpoint())
+        elif self._pending is not None and self._pending[0] is not None:
+            checkpoint = self._pending[0]
+        return {"version": STATE_VERSION, "epoch": self.epoch, "step": self._step, "position": self.position,
+                "rank": self.rank, "world_size": self.world_size, "seed": self.seed,
+                "batch_size": self.batch_size, "num_samples": self.shards.num_samples,
+                "fingerprint": self._fingerprint(), "dali_checkpoint": checkpoint}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume so that the next batch is exactly the one after the saved state's last batch."""
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"loader state version {state.get('version')} is not {STATE_VERSION}; cannot resume")
+        for key in ("world_size", "seed", "batch_size", "num_samples"):
+            if state.get(key) != getattr(self, key):
+                raise UserError(f"cannot resume the data loader: saved {key}={state.get(key)}, "
+                                f"now {getattr(self, key)} (restart the run or restore the old setting)")
+        if state.get("fingerprint") != self._fingerprint():
+            raise UserError("cannot resume the data loader: the view recipe or shuffle buffer changed since the "
+                            "state was saved (restore data.* settings)")
+        self._runner.close()
+        self.epoch, self._step = int(state["epoch"]), int(state["step"])
+        checkpoint = state.get("dali_checkpoint") or None
+        if checkpoint is not None and state.get("rank") == self.rank:
+            self._pending = (bytes(checkpoint), 0)
+        else:
+            if checkpoint is not None:
+                warnings.warn(f"loader state was saved by rank {state.get('rank')}; rank {self.rank} resumes by "
+                              f"replaying {state['position']} batches", stacklevel=2)
+            self._pending = (None, int(state["position"]))
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def describe(self) -> dict:
+        """What this loader runs (for logs and benchmark JSON)."""
+        return {"device": self.kind, "batch_size": self.batch_size, "threads": self.threads,
+                "views": [s.name for s in self.specs], "global_size": self.cfg.global_size,
+                "local_size": self.cfg.local_size, "steps_per_epoch": self._steps,
+                "num_samples": self.num_samples, "prefetch": self.cfg.prefetch, "flags": list(FLAG_NAMES)}
+
+
+class EvalLoader:
+    """Evaluation batches ``(images [B, 3, C, C], labels [B] (-1 when unlabelled), indices [B])``.
+
+    Shorter side resized to ``cfg.eval_resize`` (bicubic), centre crop ``cfg.eval_crop``,
+    normalized; shard-set order, no shuffling. Rank ``r`` of ``w`` reads samples
+    ``[floor(N r / w), floor(N (r + 1) / w))``; every sample comes out exactly once across ranks
+    (DALI's padding is cut off by position). ``len()`` = ``ceil(n_rank / B)`` (the last batch may be
+    partial; ranks can differ by one batch). Iterating again yields the same batches.
+    """
+
+    def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
+                 world_size: int = 1, batch_size: int | None = None, local_world_size: int | None = None):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
+        self.cfg = cfg
+        self.kind = _device_kind(device)
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = int(batch_size or cfg.batch_size)
+        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
+        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
+        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
+        n = self.shards.num_samples
+        start, end = (n * rank) // world_size, (n * (rank + 1)) // world_size
+        self.rank_samples = end - start
+        self._batches_per_epoch = math.ceil(math.ceil(n / world_size) / self.batch_size)
+        self._runner = _DaliRunner(self.shards, self.kind, device_id)
+        self._sample_index = self.shards.sample_index()
+
+    def __len__(self) -> int:
+        return math.ceil(self.rank_samples / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return self.shards.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.shards.num_classes
+
+    def _make(self, checkpoint: bytes | None):
+        cfg = self.cfg
+        return eval_graph(
+            self.shards, device=self.kind, shard_id=self.rank, num_shards=self.world_size,
+            resize=cfg.eval_resize, crop=cfg.eval_crop, hw_decoder_load=cfg.hw_decoder_load,
+            mean=cfg.mean, std=cfg.std, dtype=self._dtype, batch_size=self.batch_size,
+            num_threads=self.threads, device_id=self._runner.device_id if self.kind == "gpu" else None,
+            seed=0, prefetch_queue_depth=cfg.prefetch)
+
+    def __iter__(self):
+        if self._runner.pipe is None:
+            self._runner.build(self._make)
+        seen = 0
+        for _ in range(self._batches_per_epoch):
+            outs = self._runner.run()
+            keep = min(self.batch_size, self.rank_samples - seen)
+            seen += max(keep, 0)
+            if keep <= 0:
+                continue
+            images = self._runner.to_torch(outs[0], self._torch_dtype)[:keep]
+            indices = _indices(outs[1], self._sample_index)[:keep]
+            labels = _labels(outs[2])[:keep] if self.shards.labeled else torch.full((keep,), -1, dtype=torch.int64)
+            yield images, labels, indices
+
+    def close(self) -> None:
+        self._runner.close()

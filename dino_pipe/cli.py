@@ -87,17 +87,363 @@ def print_json(result: Any) -> None:
 # shards room: shard, verify
 # ----------------------------------------------------------------------------------------------
 
+
+@app.command("shard")
+@user_errors
+def shard_cmd(
+    src: Path = typer.Argument(..., help="Image tree: SRC/train/<class>/… (+ SRC/val/<class>/…), SRC/<class>/…, or a folder of images."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: shards/<name of SRC>)."),
+    layout: str = typer.Option("auto", help="auto | imagenet | imagefolder | unlabeled."),
+    shard_samples: int = typer.Option(1000, help="Max samples per shard (0 = no limit)."),
+    shard_mb: float = typer.Option(128.0, help="Target max shard size in MB (0 = no limit)."),
+    seed: int = typer.Option(0, help="Seed of the shuffle across shards."),
+    quality: int = typer.Option(95, help="JPEG quality of converted images."),
+    max_side: Optional[int] = typer.Option(None, help="Downscale (and re-encode) images whose longer side exceeds N pixels."),
+    check: str = typer.Option("structure", help="structure: strict JPEG structure check (fast) | decode: also decode kept JPEGs at 1/8 scale."),
+    workers: int = typer.Option(0, help="Worker processes (0 = all cores); the output does not depend on it."),
+    force: bool = typer.Option(False, "--force", help="Replace a different shard set (or foreign tar/idx files) already in OUT."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write the result as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Image tree -> validated, deterministic WebDataset shards (+ DALI .idx + manifest.json)."""
+    from rich import box
+    from rich.table import Table
+
+    from dino_pipe.shards.writer import ShardOptions, shard_tree
+
+    options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
+                           max_side=max_side, check=check, workers=workers)
+    result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
+    n_classes = result["sets"][0]["num_classes"]
+    labels = f"{n_classes} classes" if n_classes else "no labels"
+    table = Table(title=f"{result['source']} -> {result['out']} ({result['layout']}, {labels})", box=box.SIMPLE_HEAD)
+    for col in ("set", "samples", "shards", "MB", "converted", "skipped", "img/s", "status"):
+        table.add_column(col, justify="left" if col in ("set", "status") else "right", no_wrap=col == "status")
+    for s in result["sets"]:
+        rate = f"{s['images_per_s']:,.0f}" if s["images_per_s"] else "-"
+        table.add_row(s["split"], f"{s['num_samples']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:,.1f}",
+                      str(s["converted"]), str(s["skipped"]), rate, s["status"])
+    out.print(table)
+    for s in result["sets"]:
+        if s["ignored"]:
+            out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
+        if s["skipped"]:
+            out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
+                      f"paths and reasons are under 'skipped' in {Path(s['out']) / 'manifest.json'}")
+    write_json(output, result)
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    shardset: Path = typer.Argument(..., help="A shard set folder (or a parent folder holding train/ and val/ sets)."),
+    workers: int = typer.Option(0, help="Threads for checksums and DALI decoding (0 = all cores)."),
+    device: str = typer.Option("auto", help="auto (GPU decoding when CUDA is present) | cpu | gpu."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write the report as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Re-read a shard set: sha256 vs manifest, sample counts, .idx vs tar, every image decoded by DALI."""
+    from rich import box
+    from rich.table import Table
+
+    from dino_pipe.shards.verify import verify_shardset
+
+    result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
+    table = Table(title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD)
+    for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
+        table.add_column(col, justify="left" if col in ("set", "manifest", "result") else "right")
+    for s in result["sets"]:
+        table.add_row(Path(s["path"]).name, "yes" if s["manifest"] else "[yellow]none[/]", str(s["shards"]), f"{s['samples']:,}",
+                      f"{s['decoded']:,}", str(len(s["bad_shards"])), str(len(s["bad_samples"])),
+                      "[green]ok[/]" if s["ok"] else "[bold red]BAD[/]")
+    out.print(table)
+    for s in result["sets"]:
+        if not s["manifest"]:
+            out.print(f"[yellow]{s['path']}: no manifest.json[/]: checked tars, indexes and decoding only (no checksums or labels range)")
+        if s["extra_tars"]:
+            out.print(f"[yellow]{s['path']}: {len(s['extra_tars'])} tar file(s) not in the manifest[/] (ignored by readers), e.g. {s['extra_tars'][0]}")
+        for p in s["problems"]:
+            where = "/".join(x for x in (s["path"], p["shard"]) if x)
+            sample = f" sample {p['sample']}:" if p["sample"] else ""
+            err.print(f"[bold red]bad:[/] {where}:{sample} {p['problem']}", highlight=False, soft_wrap=True)
+    write_json(output, result)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------------------------------------
 # data room: bench loader
 # ----------------------------------------------------------------------------------------------
+
+
+@bench_app.command("loader")
+@user_errors
+def bench_loader_cmd(
+    shardset: Path = typer.Argument(..., help="Shard set folder (shard-*.tar, *.idx, manifest.json)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (CPU operators) or gpu (nvJPEG + GPU operators)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
+    threads: int = typer.Option(0, "--threads", help="DALI CPU threads (0 = cores / local processes)."),
+    n_local: int = typer.Option(10, "--n-local", help="Local crops per image (plus 2 global)."),
+    global_size: Optional[int] = typer.Option(None, "--global-size", help="Global crop size (default 224)."),
+    local_size: Optional[int] = typer.Option(None, "--local-size", help="Local crop size (default 96)."),
+    steps: int = typer.Option(20, "--steps", help="Timed batches."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed batches first."),
+    reference: bool = typer.Option(False, "--reference", help="Time the PIL/torchvision reference loader instead."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+) -> None:
+    """Images/s (and views/s) of the DALI multi-crop loader on a shard set."""
+    from dino_pipe.config import DataConfig
+    from dino_pipe.data.bench import bench_loader
+    from dino_pipe.data.loader import default_threads
+
+    if device not in ("cpu", "gpu", "cuda"):
+        raise UserError(f"--device {device}: use cpu or gpu")
+    threads = threads or default_threads(DataConfig(), 1)
+    result = bench_loader(shardset, device="cuda" if device in ("gpu", "cuda") else "cpu", batch_size=batch_size,
+                          threads=threads, n_local=n_local, steps=steps, warmup=warmup,
+                          loader="reference" if reference else "dali", global_size=global_size, local_size=local_size)
+    out.print(f"[bold]{result['loader']}[/] on {result['device']}: {result['images_per_s']:,.1f} images/s, "
+              f"{result['views_per_s']:,.1f} views/s ({result['views_per_image']} views/image, batch {batch_size}, "
+              f"{threads} threads)")
+    print_json(result)
+    write_json(json_path, result)
+
 
 # ----------------------------------------------------------------------------------------------
 # train room: train, bench train
 # ----------------------------------------------------------------------------------------------
 
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Preset YAML (configs/*.yaml); defaults if omitted."),
+    data: str = typer.Option(..., "--data", help="Shard set folder (or synthetic[:N] for random tensors)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run directory; rerunning on it resumes."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."),
+    procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json."""
+    from dino_pipe.config import load_config
+    from dino_pipe.train.loop import train
+
+    cfg = load_config(config, overrides or [])
+    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet)
+    if result:
+        print_json(result)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Preset YAML; default: ViT-S/16 reference recipe."),
+    data: Optional[str] = typer.Option(None, "--data", help="Shard set to read real views from (else synthetic only)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture (default: vit_small_patch16_224)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default 64)."),
+    global_size: Optional[int] = typer.Option(None, "--global-size", help="Global crop size (default 224)."),
+    local_size: Optional[int] = typer.Option(None, "--local-size", help="Local crop size (default 96)."),
+    n_local: Optional[int] = typer.Option(None, "--n-local", help="Local crops (default 10)."),
+    steps: int = typer.Option(30, "--steps", help="Timed steps."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed warm-up steps."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="1 = GPU (default when present), 0 = CPU."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+) -> None:
+    """Images/s of the training step (ViT-S/16, 2x224 + 10x96 by default): real shards vs synthetic tensors."""
+    from dino_pipe.config import load_config
+    from dino_pipe.train.bench import bench_train
+
+    extra = [] if config else ["data.n_local=10"]
+    for key, value in (("model.arch", arch), ("data.batch_size", batch_size), ("data.global_size", global_size),
+                       ("data.local_size", local_size), ("data.n_local", n_local)):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    cfg = load_config(config, extra + list(overrides or []))
+    result = bench_train(cfg, data, steps=steps, warmup=warmup, gpus=gpus)
+    print_json(result)
+    write_json(json_path, result)
+
+
 # ----------------------------------------------------------------------------------------------
 # eval room: eval knn, eval linear, viz attention, export
 # ----------------------------------------------------------------------------------------------
+
+
+def _eval_gpus(gpus: Optional[int]) -> int:
+    """``--gpus`` default: every visible GPU (0 = CPU when none)."""
+    if gpus is not None:
+        return gpus
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]:
+    """Dotted overrides from the named options that were given, then the positional ones."""
+    out = [f"{key}={value}" for key, value in options.items() if value is not None]
+    return out + list(overrides or [])
+
+
+@eval_app.command("knn")
+@user_errors
+def eval_knn_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Labelled shard set: the k-NN bank."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled shard set: the queries."),
+    which: str = typer.Option("teacher", "--which", help="teacher (DINO protocol) or student."),
+    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
+    k: Optional[list[int]] = typer.Option(None, "--k", help="Neighbours; repeat for several (default 10 20 100 200)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Vote weight exp(sim / T) (default 0.07)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Shorter side before the center crop (default 256)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Center crop size (default 224)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per extraction batch per process."),
+    save_features: Optional[Path] = typer.Option(None, "--save-features", help="Write DIR/train.safetensors and DIR/val.safetensors."),
+    load_features: Optional[Path] = typer.Option(None, "--load-features", help="Read features saved by --save-features (no network run)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one process each (0 = CPU; default: all visible)."),
+    procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result (accuracies, protocol, sources) as JSON."),
+) -> None:
+    """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
+    from rich.table import Table
+
+    from dino_pipe.eval.knn_eval import evaluate_knn
+
+    result = evaluate_knn(
+        checkpoint, train, val, which=which, random_init=random_init, ks=tuple(k) if k else None,
+        temperature=temperature, save_features=save_features, load_features=load_features,
+        overrides=_eval_overrides(overrides, **{"data.eval_resize": resize, "data.eval_crop": crop, "eval.batch_size": batch_size}),
+        gpus=_eval_gpus(gpus), procs=procs)
+    src = result["checkpoint"]
+    weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
+    table = Table(title=f"k-NN  {src.get('arch')} ({weights}), T = {result['knn']['temperature']}")
+    table.add_column("k", justify="right")
+    table.add_column("top-1 %", justify="right")
+    table.add_column("top-5 %", justify="right")
+    for r in result["results"]:
+        kk = str(r["k"]) if r["k"] == r["k_effective"] else f"{r['k']} (-> {r['k_effective']})"
+        table.add_row(kk, f"{r['top1']:.2f}", f"{r['top5']:.2f}")
+    out.print(table)
+    d = result["data"]
+    out.print(f"train {d['train'].get('num_samples')} / val {d['val'].get('num_samples')} images, "
+              f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
+              f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
+              f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
+    write_json(output, result)
+
+
+@eval_app.command("linear")
+@user_errors
+def eval_linear_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    train: Path = typer.Option(..., "--train", help="Labelled shard set to train the classifier on."),
+    val: Path = typer.Option(..., "--val", help="Labelled shard set to report top-1/top-5 on."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."),
+    which: str = typer.Option("teacher", "--which", help="teacher or student."),
+    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default 100)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for a global batch of 256 (default 1e-3)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process (default 128)."),
+    n_last_blocks: Optional[int] = typer.Option(None, "--n-last-blocks", help="ViT: concatenate the CLS tokens of the last n blocks (default 4)."),
+    avgpool: Optional[bool] = typer.Option(None, "--avgpool/--no-avgpool", help="ViT: add the mean patch token (DINO's ViT-B setting)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Val: shorter side before the center crop (default 256)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size, train and val (default 224)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one DDP process each (0 = CPU; default: all visible)."),
+    procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
+) -> None:
+    """Linear probe on frozen features (SGD, cosine lr, random-resized-crop + flip); resumable."""
+    from rich.table import Table
+
+    from dino_pipe.eval.linear import evaluate_linear
+
+    opts = {"eval.linear_epochs": epochs, "eval.linear_lr": lr, "eval.batch_size": batch_size,
+            "eval.linear_n_last_blocks": n_last_blocks,
+            "eval.linear_avgpool_patchtokens": None if avgpool is None else str(avgpool).lower(),
+            "data.eval_resize": resize, "data.eval_crop": crop}
+    result = evaluate_linear(checkpoint, train, val, out_dir, which=which, random_init=random_init,
+                             overrides=_eval_overrides(overrides, **opts), gpus=_eval_gpus(gpus), procs=procs)
+    src = result["checkpoint"]
+    weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
+    table = Table(title=f"linear probe  {src.get('arch')} ({weights}), {result['linear']['feature_dim']}-d features")
+    for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right")
+    best = result["best"]
+    for e in result["epochs"][-10:]:
+        mark = " *" if best and e["epoch"] == best["epoch"] else ""
+        table.add_row(f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}")
+    out.print(table)
+    if best:
+        out.print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f} %, top-5 {best['top5']:.2f} %"
+                  f"{'' if result['complete'] else ' (not finished: rerun to resume)'}", highlight=False)
+    err.print(f"results written to {Path(result['output_dir']) / 'linear.json'}")
+
+
+@viz_app.command("attention")
+@user_errors
+def viz_attention_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files (any size: cropped to a multiple of the patch)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
+    which: str = typer.Option("teacher", "--which", help="teacher or student."),
+    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
+    size: int = typer.Option(480, "--size", help="Resize the shorter side to this first (0 = keep the image size)."),
+    threshold: Optional[float] = typer.Option(0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
+    import torch
+
+    from dino_pipe.eval.attention import render_attention
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: use auto, cpu or cuda")
+    result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
+                              size=size, threshold=threshold or None, device=device)
+    for entry in result["images"]:
+        share = entry.get("share_of_patches_for_mass")
+        extra = f"; patches holding {threshold:.0%} of each head's attention: " + \
+            " ".join(f"{s:.0%}" for s in share) if share else ""
+        out.print(f"{entry['png']}  ({entry['width']}x{entry['height']} px, {entry['heads']} heads{extra})", highlight=False)
+    err.print(f"results written to {Path(out_dir) / 'attention.json'}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Output FILE.safetensors (a FILE.json sidecar goes beside it)."),
+    which: str = typer.Option("teacher", "--which", help="teacher (default) or student."),
+) -> None:
+    """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
+    from dino_pipe.eval.export import export_backbone, sidecar_path
+
+    info = export_backbone(checkpoint, out_file, which=which)
+    out.print(f"wrote {info['file']} ({info['parameters']:,} parameters, {info['arch']}, {which} @ step "
+              f"{info['source']['step']}) and {sidecar_path(out_file)}", highlight=False)
+    out.print(f"load it with: {info['load']}", highlight=False)
+
+
+@viz_app.command("curves")
+@user_errors
+def viz_curves_cmd(
+    run_dir: Path = typer.Argument(..., help="A dino-pipe train run directory (reads its metrics.jsonl)."),
+    knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --output); repeat."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
+    k: int = typer.Option(20, "--k", help="Which k of the k-NN results to draw."),
+) -> None:
+    """The loss and teacher entropy per step and k-NN top-1 per checkpoint, as one PNG."""
+    from dino_pipe.eval.curves import plot_curves
+
+    png = out_file or Path(run_dir) / "curves.png"
+    result = plot_curves(run_dir, png, knn or [], k=k)
+    out.print(f"{result['png']}: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} over "
+              f"{result['logged_steps']} logged steps; {len(result['knn'])} k-NN points", highlight=False)
+    write_json(png.with_suffix(".json"), result)
 
 
 def main() -> None:

@@ -53,6 +53,9 @@ class DataConfig:
     threads: int = 0  # DALI CPU threads; 0 = cores available / processes on this node
     prefetch: int = 2
     hw_decoder_load: float = 0.65
+    shuffle_buffer: int = 1024  # samples in the reader's shuffle buffer (per rank; JPEG bytes held in memory)
+    contrast_center: str = "mean"  # mean (torchvision: the view's mean grey) | 128 (DALI color_twist, one pass)
+    interp: str = "cubic"  # crop resize filter: cubic (reference bicubic) | linear (antialiased, ~2x cheaper on CPU)
     seed: int = 0
 
 
@@ -95,6 +98,7 @@ class OptimConfig:
     clip_mode: str = "per_param"  # per_param (reference) | global
     freeze_last_layer_epochs: int = 1
     momentum_teacher: float = 0.996  # cosine to 1.0 per iteration
+    optimizer: str = "adamw"  # adamw (reference ViTs) | sgd (momentum 0.9) | lars (reference ResNet-50 runs)
 
 
 @dataclass
@@ -110,6 +114,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 10
     collapse_check_every_steps: int = 50
+    cpu_threads: int = 0  # torch intra-op threads per process on the CPU (0 = torch's default / cores per process)
 
 
 @dataclass
@@ -124,6 +129,11 @@ class EvalConfig:
     linear_lr: float = 1e-3  # for batch 256
     linear_n_last_blocks: int = 4
     linear_avgpool_patchtokens: bool = False
+    knn_bank_chunk_size: int = 65536  # train-bank rows per similarity block (memory: chunk x bank_chunk x 4 B)
+    feature_dtype: str = "float16"  # float16 | bfloat16 | float32: storage of extracted k-NN features
+    linear_momentum: float = 0.9
+    linear_weight_decay: float = 0.0
+    linear_crop_scale: tuple[float, float] = (0.08, 1.0)  # train augmentation: random resized crop + flip
 
 
 @dataclass
@@ -329,6 +339,10 @@ def validate(cfg: Config) -> None:
     need(d.output_dtype in ("float32", "bfloat16", "float16"), "data.output_dtype", "must be float32, bfloat16 or float16")
     need(d.threads >= 0, "data.threads", "must be >= 0 (0 = automatic)")
     need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    need(0.0 <= d.hw_decoder_load <= 1.0, "data.hw_decoder_load", "must be in [0, 1]")
+    need(d.contrast_center in ("mean", "128"), "data.contrast_center", "must be mean or 128")
+    need(d.interp in ("cubic", "linear"), "data.interp", "must be cubic or linear")
     need(d.eval_crop <= d.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
     m = cfg.model
     need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
@@ -343,12 +357,24 @@ def validate(cfg: Config) -> None:
     need(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
     need(o.clip_mode in ("per_param", "global"), "optim.clip_mode", "must be per_param or global")
     need(0 <= o.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]")
+    need(o.optimizer in ("adamw", "sgd", "lars"), "optim.optimizer", "must be adamw, sgd or lars")
+    need(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay", "must be >= 0")
+    need(o.warmup_epochs >= 0 and o.freeze_last_layer_epochs >= 0, "optim.warmup_epochs", "epochs must be >= 0")
+    need(lo.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0")
     t = cfg.train
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "must be auto, bf16, fp16 or fp32")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = epoch ends only)")
     need(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+    need(t.collapse_check_every_steps >= 1, "train.collapse_check_every_steps", "must be >= 1")
+    need(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = run all epochs)")
+    need(t.cpu_threads >= 0, "train.cpu_threads", "must be >= 0 (0 = automatic)")
     e = cfg.eval
     need(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, "eval.knn_k", "must be a non-empty list of k >= 1")
     need(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+    need(e.knn_chunk_size >= 1 and e.knn_bank_chunk_size >= 1, "eval.knn_*chunk_size", "must be >= 1")
+    need(e.feature_dtype in ("float16", "bfloat16", "float32"), "eval.feature_dtype", "must be float16, bfloat16 or float32")
+    need(e.batch_size >= 1 and e.linear_epochs >= 1, "eval.batch_size", "batch size and linear_epochs must be >= 1")
+    need(e.linear_lr > 0 and e.linear_n_last_blocks >= 1, "eval.linear_lr", "linear_lr must be > 0 and linear_n_last_blocks >= 1")
+    need(0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1, "eval.linear_crop_scale", "needs 0 < low <= high <= 1")

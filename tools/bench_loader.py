@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.make_sample:
         make_sample_shardset(args.shardset, args.make_sample)
         print(f"wrote {args.make_sample} photo crops to {args.shardset}")
+    if args.rounds < 1:  # --rounds 0: only build the shard set
+        return None
     common = dict(batch_size=args.batch_size, threads=args.threads, n_local=args.n_local, steps=args.steps,
                   warmup=args.warmup)
     rows = {"dali": [], "reference": []}

@@ -1,0 +1,86 @@
+"""``manifest.json``: the contract between a shard set and whoever reads it.
+
+Keys (version 1)::
+
+    format: "dino-pipe-shards"      version: 1
+    num_samples: int                classes: [names in label order] ([] when unlabeled)
+    labeled: bool                   split: "train" | "val" | null
+    shards: [{file, index, samples, bytes, sha256}, ...]   (file/index relative to the folder)
+    skipped: [{path, reason}]       ignored: int (non-image files)
+    converted: int                  conversions: {reason: count}
+    options: {...all options used}  source: absolute SRC    source_files: int
+    fingerprint: str (source tree + output-affecting options + version)
+    dino_pipe_version: str
+
+The data room needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
+writes those (e.g. ``tests/conftest.py::write_minimal_shardset``) is a valid shard set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dino_pipe.atomic import atomic_write_json
+from dino_pipe.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "dino-pipe-shards"
+VERSION = 1
+SHARD_KEYS = ("file", "index", "samples", "bytes", "sha256")
+
+
+def save_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(folder) / MANIFEST_NAME
+    atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifest_file(path: Path) -> dict:
+    """Parse a manifest file; UserError (one line) when unreadable or not a dino-pipe manifest."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); rerun 'dino-pipe shard' to rewrite it") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a dino-pipe shard manifest (format is not '{FORMAT}')")
+    if data.get("version") != VERSION:
+        raise UserError(f"{path} has manifest version {data.get('version')!r}; this dino-pipe reads version {VERSION}")
+    shards = data.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and all(k in s for k in SHARD_KEYS) for s in shards):
+        raise UserError(f"{path}: 'shards' must be a list of {{{', '.join(SHARD_KEYS)}}} entries")
+    for key, kind in (("num_samples", int), ("classes", list), ("labeled", bool)):
+        if not isinstance(data.get(key), kind):
+            raise UserError(f"{path}: key '{key}' is missing or not a {kind.__name__}")
+    return data
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Load a shard set's manifest from its folder (or the ``manifest.json`` path itself).
+
+    Raises UserError naming the problem: missing folder, missing/unreadable manifest, a parent
+    folder holding ``train/``/``val/`` sets instead of one set, or an empty set.
+    """
+    p = Path(path)
+    if p.name == MANIFEST_NAME and p.is_file():
+        folder, file = p.parent, p
+    else:
+        folder, file = p, p / MANIFEST_NAME
+    if not folder.exists():
+        raise UserError(f"shard set folder {folder} does not exist (make one with 'dino-pipe shard SRC')")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a shard set folder")
+    if not file.is_file():
+        subsets = [d.name for d in sorted(folder.iterdir()) if (d / MANIFEST_NAME).is_file()] if folder.is_dir() else []
+        if subsets:
+            raise UserError(f"{folder} holds shard sets {', '.join(subsets)}; give one of them (e.g. {folder / subsets[0]})")
+        journal = any(folder.glob(".dino-pipe-shard-journal*"))
+        hint = "an interrupted 'dino-pipe shard' run: rerun it to finish" if journal else "run 'dino-pipe shard SRC' first"
+        raise UserError(f"{folder} has no {MANIFEST_NAME} ({hint})")
+    data = read_manifest_file(file)
+    if not data["shards"] or data["num_samples"] <= 0:
+        raise UserError(f"shard set {folder} is empty (0 samples in {MANIFEST_NAME})")
+    return data

@@ -189,6 +189,7 @@ def bench_loader_cmd(
     steps: int = typer.Option(20, "--steps", help="Timed batches."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed batches first."),
     reference: bool = typer.Option(False, "--reference", help="Time the PIL/torchvision reference loader instead."),
+    interp: str = typer.Option("gaussian", "--interp", help="DALI crop resize filter (data.interp): gaussian, cubic or linear."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
 ) -> None:
     """Images/s (and views/s) of the DALI multi-crop loader on a shard set."""
@@ -199,7 +200,10 @@ def bench_loader_cmd(
     if device not in ("cpu", "gpu", "cuda"):
         raise UserError(f"--device {device}: use cpu or gpu")
     threads = threads or default_threads(DataConfig(), 1)
-    result = bench_loader(shardset, device="cuda" if device in ("gpu", "cuda") else "cpu", batch_size=batch_size,
+    if interp not in ("gaussian", "cubic", "linear"):
+        raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
+    result = bench_loader(shardset, DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",
+                          batch_size=batch_size,
                           threads=threads, n_local=n_local, steps=steps, warmup=warmup,
                           loader="reference" if reference else "dali", global_size=global_size, local_size=local_size)
     out.print(f"[bold]{result['loader']}[/] on {result['device']}: {result['images_per_s']:,.1f} images/s, "

@@ -267,3 +267,14 @@ def test_blur_matches_the_gaussian_formula(tiny_shardset):
                 ref = _gaussian_blur(x, fl[k, F["sigma"]].item())
                 assert np.abs(ref - y).mean() < 0.75 and np.abs(ref - y).max() <= 3, (v, k)
     assert n > 30
+
+
+def test_resize_filter_option_changes_only_the_resampling(tiny_shardset):
+    """data.interp reaches the graph: same windows and draws, different filter -> close but not equal views."""
+    (cfg, _), (cubic, gauss) = _pair(tiny_shardset, {"interp": "cubic"}, {"interp": "gaussian"})
+    diffs = []
+    for a, b in zip(cubic, gauss):
+        for v in range(len(a.views)):
+            assert torch.equal(a.flags[v], b.flags[v])
+            diffs.append(np.abs(_u8(a.views[v], cfg) - _u8(b.views[v], cfg)).mean())
+    assert 0.0 < float(np.mean(diffs)) < 2.0, diffs

@@ -50,3 +50,28 @@ def test_deviation_effects_are_measured(tiny_shardset):
     # contrast about the mean grey (default) removes most of the 128-centre deviation
     assert d["jitter_total"]["mean_abs_pixel_diff"] < d["jitter_total_centre_128"]["mean_abs_pixel_diff"]
     assert d["jitter_fixed_order"]["mean_abs_pixel_diff"] < d["jitter_total"]["mean_abs_pixel_diff"]
+
+
+def test_resize_filters_vs_pil_bicubic(tiny_shardset):
+    """DALI cubic reproduces PIL bicubic; the default Gaussian shrink stays within a grey level, closer than linear."""
+    from dino_pipe.data.fidelity import resize_filter_effects
+
+    cfg = DataConfig(global_size=48, local_size=24)  # the ~120x100 px fixture photos: mostly downscales
+    r = resize_filter_effects(tiny_shardset, cfg, n_views=60)
+    mad = {k: v["all"]["mean_abs_pixel_diff"] for k, v in r.items()}
+    assert mad["cubic"] < 0.4
+    assert mad["cubic"] < mad["gaussian"] < mad["linear"]
+    assert mad["gaussian"] < 1.5
+    assert abs(r["gaussian"]["all"]["view_mean_shift"]) < 0.2  # resampling keeps the mean
+    assert DataConfig().interp == "gaussian"
+
+
+def test_unknown_resize_filter_is_a_user_error():
+    import pytest
+
+    from dino_pipe.data.graph import resize_filters
+    from dino_pipe.errors import UserError
+
+    assert set(resize_filters("gaussian")) == {"min_filter", "mag_filter"}
+    with pytest.raises(UserError, match="data.interp"):
+        resize_filters("lanczos")

@@ -5,8 +5,10 @@
                                  [--steps 12] [--warmup 4] [--device cpu] [--json out.json]
     python tools/bench_loader.py shards/bench --make-sample 384   # first build a photo shard set
 
-Rounds alternate DALI / reference so both see the same machine load; prints per-round images/s
-and CPU ms per image (all threads and worker processes), the medians and the ratios. The reference runs a torch DataLoader with as many
+Rounds alternate DALI / reference so both see the same machine load; prints per-round images/s,
+CPU ms per image (all threads and worker processes) and the 1-minute load average, the medians and
+the ratios. DALI runs ``--interp`` (``data.interp``, default ``gaussian``); the reference always
+runs the DINO recipe with PIL bicubic. The reference runs a torch DataLoader with as many
 worker processes as DALI has threads. ``--make-sample N`` writes N ~400x350 JPEG photo crops
 (scikit-image / scikit-learn sample photos, via tests/conftest.py helpers) as a shard set first.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -49,8 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--interp", default="cubic", choices=["cubic", "linear"],
-                    help="DALI crop resize filter (data.interp); the reference always runs the DINO recipe (bicubic)")
+    ap.add_argument("--interp", default="gaussian", choices=["gaussian", "cubic", "linear"],
+                    help="DALI crop resize filter (data.interp, default gaussian); the reference always runs the "
+                         "DINO recipe (PIL bicubic)")
     ap.add_argument("--make-sample", type=int, default=0, metavar="N", help="first write N photo crops as a shard set")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -70,11 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for r in range(args.rounds):
             for name in ("dali", "reference"):
-                cfg = DataConfig(interp=args.interp) if name == "dali" else DataConfig()
+                cfg = DataConfig(interp=args.interp if name == "dali" else "cubic")
                 res = bench_loader(args.shardset, cfg, loader=name, device=args.device if name == "dali" else "cpu", **common)
+                res["load_avg_1min"] = round(os.getloadavg()[0], 2)
                 rows[name].append(res)
                 print(f"round {r + 1} {name:9s} {res['images_per_s']:8.1f} img/s  {res['views_per_s']:9.1f} views/s  "
-                      f"{res['cpu_ms_per_image']:6.2f} CPU ms/img")
+                      f"{res['cpu_ms_per_image']:6.2f} CPU ms/img  (load avg {res['load_avg_1min']:.2f})")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
         "shardset": str(args.shardset), "device": args.device, "dali_interp": args.interp, **common, "views_per_image": 2 + args.n_local,
         "rounds": args.rounds, "dali_images_per_s": [x["images_per_s"] for x in rows["dali"]],
         "reference_images_per_s": [x["images_per_s"] for x in rows["reference"]],
+        "dali_cpu_ms_per_image": [x["cpu_ms_per_image"] for x in rows["dali"]],
+        "reference_cpu_ms_per_image": [x["cpu_ms_per_image"] for x in rows["reference"]],
+        "load_avg_1min": [x["load_avg_1min"] for k in ("dali", "reference") for x in rows[k]],
         "dali_median_images_per_s": med["dali"], "reference_median_images_per_s": med["reference"],
         "dali_median_views_per_s": statistics.median(x["views_per_s"] for x in rows["dali"]),
         "ratio": round(med["dali"] / med["reference"], 3),

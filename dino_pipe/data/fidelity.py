@@ -7,6 +7,8 @@ Two measurements (``python -m dino_pipe.data.fidelity SHARDSET [--images 96] [--
   vs the formula DALI computes (``tests/test_data_augment.py`` checks DALI against these formulas
   to +-1 grey level). Reported in grey levels (0..255): mean |pixel difference|, the mean shift of
   the view's mean, and the spread of that shift across views.
+* :func:`resize_filter_effects` runs DALI's crop resize for each ``data.interp`` against PIL
+  bicubic on the same crop windows (grey levels, per view kind).
 * :func:`view_statistics` runs both whole pipelines over the same shard set and compares, per view
   kind, the per-channel mean and std of the normalized pixels and the spread of per-view means.
 """
@@ -140,6 +142,60 @@ def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 20
     return out
 
 
+def resize_filter_effects(shardset, cfg: DataConfig | None = None, n_views: int = 192, seed: int = 0,
+                          filters: tuple[str, ...] = ("cubic", "gaussian", "linear")) -> dict:
+    """DALI's crop resize (each ``data.interp``) vs PIL bicubic (the reference) on the same crop windows.
+
+    Windows are drawn as torchvision's ``RandomResizedCrop`` does (1 in 6 a global view, the rest
+    local, as in 2 + 10 multi-crop); PIL crops then resizes bicubic, DALI resizes the same ROI of
+    the whole image exactly as the training graph does. Grey levels (0..255) per view kind, plus
+    ``view_std_shift`` (negative: the DALI views are softer than PIL's).
+    """
+    from nvidia.dali import fn, pipeline_def
+    from torchvision import transforms as T
+
+    from dino_pipe.data.graph import resize_filters
+
+    cfg = cfg or DataConfig()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    imgs = _images(shardset, 64)
+    cases = []
+    for k in range(n_views):
+        im = imgs[k % len(imgs)]
+        size, scale = (cfg.global_size, cfg.global_scale) if k % 6 == 0 else (cfg.local_size, cfg.local_scale)
+        box = T.RandomResizedCrop.get_params(im, list(scale), list(cfg.aspect_ratio))  # top, left, h, w
+        cases.append((np.asarray(im), box, size))
+    pil = [np.asarray(Image.fromarray(a).crop((j, i, j + w, i + h)).resize((s, s), Image.BICUBIC))
+           for a, (i, j, h, w), s in cases]
+
+    def dali(interp: str) -> list[np.ndarray]:
+        @pipeline_def
+        def resize_pipe():
+            img, start, end, size = (fn.external_source(name=n) for n in ("img", "start", "end", "size"))
+            return fn.resize(img, size=size, roi_start=start, roi_end=end, roi_relative=False, antialias=True,
+                             **resize_filters(interp))
+
+        pipe = resize_pipe(batch_size=len(cases), num_threads=1, device_id=None)
+        pipe.build()
+        pipe.feed_input("img", [c[0] for c in cases], layout="HWC")
+        pipe.feed_input("start", [np.array(c[1][:2], np.float32) for c in cases])
+        pipe.feed_input("end", [np.array([c[1][0] + c[1][2], c[1][1] + c[1][3]], np.float32) for c in cases])
+        pipe.feed_input("size", [np.array([c[2], c[2]], np.float32) for c in cases])
+        (out,) = pipe.run()
+        return [np.array(out[k]) for k in range(len(cases))]
+
+    result = {}
+    for interp in filters:
+        views = dali(interp)
+        kinds = {"global": [], "local": []}
+        for (_, _, size), a, b in zip(cases, pil, views):
+            kinds["global" if size == cfg.global_size else "local"].append((a, b.astype(np.float64)))
+        result[interp] = {kind: _summary(pairs) for kind, pairs in kinds.items()}
+        result[interp]["all"] = _summary(kinds["global"] + kinds["local"])
+    return result
+
+
 def _view_moments(views: list[torch.Tensor]) -> dict:
     x = torch.cat([v.float() for v in views])  # [n, 3, H, W]
     per_view_mean = x.mean(dim=(1, 2, 3))
@@ -187,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = DataConfig(global_size=args.global_size, local_size=args.local_size)
     result = {"deviation_effects_grey_levels": deviation_effects(args.shardset, cfg),
+              "resize_filters_vs_pil_bicubic_grey_levels": resize_filter_effects(args.shardset, cfg),
               "view_statistics_normalized": view_statistics(args.shardset, cfg, epochs=args.epochs)}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -11,7 +11,9 @@ local 1..N    96       (0.05, 0.4)   0.5    0.8       0.2        0.5    0.0
 ============  =======  ============  =====  ========  =========  =====  ============
 
 Every view: random resized crop (area fraction ``U(scale)``, aspect ratio log-uniform in
-``aspect_ratio``, bicubic; ``data.interp="linear"`` trades it for the cheaper antialiased linear), horizontal flip, colour jitter (brightness/contrast factors
+``aspect_ratio``; the reference resizes bicubic, the DALI graph by default with an antialiased
+Gaussian when shrinking and cubic when enlarging, ``data.interp``: see :mod:`dino_pipe.data.graph`),
+horizontal flip, colour jitter (brightness/contrast factors
 ``U[1-b, 1+b]``, saturation ``U[1-s, 1+s]``, hue shift ``U[-h, h]`` of a full turn), grayscale,
 Gaussian blur with sigma ``U(blur_sigma)``, solarization (``x >= 128 -> 255 - x``), then
 ``(x / 255 - mean) / std`` as float CHW. The DALI graph (:mod:`dino_pipe.data.graph`) and the

@@ -5,6 +5,7 @@ from the same :class:`~dino_pipe.data.recipe.ViewSpec` list as the DALI graph, s
 compared view for view (:mod:`dino_pipe.data.fidelity`) and raced (``tools/bench_loader.py``):
 
     RandomResizedCrop(size, scale, ratio, bicubic) -> RandomHorizontalFlip(p)
+    (bilinear only for a spec with ``interp="linear"``; ``"gaussian"``, DALI's default, compares to bicubic)
     -> RandomApply([ColorJitter(b, c, s, h)], p) (torchvision: random order of the four)
     -> RandomGrayscale(p) -> PIL GaussianBlur(radius = U(sigma)) with p -> Solarize(128) with p
     -> ToTensor -> Normalize(mean, std)

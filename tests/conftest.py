@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dino_pipe.sample_data import photo_crops, shipped_photos  # noqa: F401  (photo_crops: used by tests)
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 try:
@@ -33,39 +35,12 @@ def pytest_collection_modifyitems(config, items):
 
 def _photo_arrays() -> list[np.ndarray]:
     """The natural RGB photos that scikit-image and scikit-learn ship (no download)."""
-    import skimage.data as skd
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(im) for im in load_sample_images().images]
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina"):
-        try:
-            a = getattr(skd, name)()
-        except Exception:
-            continue
-        if a.ndim == 3 and a.shape[2] == 3:
-            photos.append(a)
-    return photos
+    return list(shipped_photos().values())
 
 
 @pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
     return _photo_arrays()
-
-
-def photo_crops(photos: list[np.ndarray], n: int, seed: int = 0, size=(120, 100)) -> list[np.ndarray]:
-    """``n`` deterministic random crops (resized to ``size`` w,h-ish) of the shipped photos."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = photos[i % len(photos)]
-        h, w = a.shape[:2]
-        ch, cw = int(h * rng.uniform(0.3, 0.9)), int(w * rng.uniform(0.3, 0.9))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        tw = int(size[0] * rng.uniform(0.8, 1.25))
-        th = int(size[1] * rng.uniform(0.8, 1.25))
-        im = Image.fromarray(a[y : y + ch, x : x + cw]).resize((tw, th), Image.BICUBIC)
-        out.append(np.asarray(im))
-    return out
 
 
 def write_image_tree(root: Path, photos: list[np.ndarray], classes: int = 4, per_class: int = 10, seed: int = 0) -> Path:

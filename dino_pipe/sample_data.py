@@ -119,3 +119,46 @@ def write_photos(out: str | Path) -> list[str]:
         Image.fromarray(a).save(path, **({"quality": 92} if i % 2 == 0 else {}))
         written.append(f"{path.name} {a.shape[1]}x{a.shape[0]}")
     return written
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
+FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip) as a numpy array: magic (2 zero bytes, dtype 0x08 = uint8, ndim), big-endian dims."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes())
+    if data[:3] != b"\x00\x00\x08":
+        raise UserError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def write_fashion_mnist(out: str | Path, per_class_train: int = 500, per_class_val: int = 100,
+                        source: Path = FASHION_MNIST_DIR) -> dict[str, int]:
+    """A class-balanced subset of Fashion-MNIST as ``out/{train,val}/<class>/NNNNN.png`` (28x28 grayscale).
+
+    Train images come from the official train split, val images from the test split, the first
+    ``per_class_*`` of each class in file order. Needs Debian's ``dataset-fashion-mnist`` package.
+    """
+    out, source = Path(out), Path(source)
+    files = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", per_class_train),
+             "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", per_class_val)}
+    counts = {}
+    for split, (images_name, labels_name, per_class) in files.items():
+        if not (source / images_name).is_file():
+            raise UserError(f"{source / images_name} not found: install it with apt-get install dataset-fashion-mnist")
+        images, labels = _read_idx(source / images_name), _read_idx(source / labels_name)
+        taken: Counter = Counter()
+        for i, (image, label) in enumerate(zip(images, labels.tolist())):
+            if taken[label] >= per_class:
+                continue
+            taken[label] += 1
+            folder = out / split / FASHION_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
+        counts[split] = sum(taken.values())
+    return counts

@@ -64,3 +64,26 @@ def test_sample_shards_and_verifies(sample, tmp_path):
     assert (photos["num_samples"], photos["converted"], photos["num_classes"]) == (8, 4, 0)
     report = verify_shardset(tmp_path / "mnist", progress=False)
     assert report["ok"] and sum(s["decoded"] for s in report["sets"]) == 5000
+
+
+def test_fashion_mnist_subset_is_balanced(tmp_path):
+    from dino_pipe.sample_data import FASHION_MNIST_DIR, write_fashion_mnist
+
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    counts = write_fashion_mnist(tmp_path / "fm", per_class_train=3, per_class_val=2)
+    assert counts == {"train": 30, "val": 20}
+    classes = sorted(p.name for p in (tmp_path / "fm" / "train").iterdir())
+    assert len(classes) == 10 and all(len(list((tmp_path / "fm" / "val" / c).iterdir())) == 2 for c in classes)
+    from PIL import Image
+
+    im = Image.open(next((tmp_path / "fm" / "train" / "bag").iterdir()))
+    assert im.size == (28, 28) and im.mode == "L"
+
+
+def test_fashion_mnist_missing_is_one_line(tmp_path):
+    from dino_pipe.errors import UserError
+    from dino_pipe.sample_data import write_fashion_mnist
+
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        write_fashion_mnist(tmp_path / "fm", source=tmp_path / "nothing")

@@ -23,13 +23,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dino_pipe.sample_data import write_mnist, write_photos
+from dino_pipe.sample_data import write_fashion_mnist, write_mnist, write_photos
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write the built-in sample dataset (MNIST digits + shipped photos).")
     ap.add_argument("out", type=Path, help="output folder (e.g. data/sample)")
+    ap.add_argument("--fashion-mnist", action="store_true",
+                    help="also write OUT/fashion_mnist (500 train + 100 val per class) from Debian's "
+                         "dataset-fashion-mnist package: a labelled set nobody tuned the presets on")
     args = ap.parse_args()
+    if args.fashion_mnist:
+        n = write_fashion_mnist(args.out / "fashion_mnist")
+        print(f"{args.out / 'fashion_mnist'}: {n['train']} train + {n['val']} val grayscale 28x28 PNGs in 10 classes")
     counts = write_mnist(args.out / "mnist")
     photos = write_photos(args.out / "photos")
     for split in ("train", "val"):

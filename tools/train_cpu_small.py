@@ -7,7 +7,8 @@
 2. Trains ``configs/cpu_small.yaml`` on the CPU (``dino_pipe.train.train``), resuming if rerun.
 3. A minimal k-NN probe (cosine, weighted votes exp(s/T), k=20, T=0.07) on the *teacher backbone*
    features of val vs train images (resized to the global crop size, normalized), for the trained
-   teacher and for the same network at initialization (step 0, same seed). Prints both.
+   teacher and for the same network at initialization (step 0, same seed); the trained student's
+   backbone too (for comparison). Prints all three and the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,10 +106,14 @@ def main() -> None:
     _, teacher = create_student_teacher(cfg.model)
     teacher.load_state_dict(ckpt["teacher"])
     acc = knn_accuracy(features(teacher.backbone, xtr), ytr, features(teacher.backbone, xva), yva)
+    _, student = create_student_teacher(cfg.model)  # the student, in an architecture without drop path
+    student.load_state_dict(ckpt["student"])
+    acc_student = knn_accuracy(features(student.backbone, xtr), ytr, features(student.backbone, xva), yva)
     from dino_pipe.atomic import read_jsonl
 
     m = read_jsonl(workdir / "run" / "metrics.jsonl")
-    result = {"knn_top1_untrained": acc_init, "knn_top1_trained": acc, "train_wall_s": train_s,
+    result = {"knn_top1_untrained": acc_init, "knn_top1_trained": acc, "knn_top1_trained_student": acc_student,
+              "train_wall_s": train_s, "load_average_1min": os.getloadavg()[0],
               "steps": summary.get("steps"), "first_loss": m[0]["loss"] if m else None,
               "final_loss": summary.get("final_loss"), "images_per_s": summary.get("images_per_s"),
               "last_teacher_entropy": next((r["teacher_entropy"] for r in reversed(m) if "teacher_entropy" in r), None),

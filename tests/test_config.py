@@ -76,8 +76,15 @@ def test_round_trip_through_dict():
     assert isinstance(Config().to_dict()["data"]["global_scale"], list)
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")) or ["<none>"])
+PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_the_documented_presets_exist():
+    assert {"vit_small_imagenet.yaml", "vit_small_best.yaml", "vit_base_imagenet.yaml", "resnet50_imagenet.yaml",
+            "cpu_small.yaml"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads(preset):
-    if preset == "<none>":
-        pytest.skip("no presets yet")
-    load_config(CONFIGS / preset)
+    cfg = load_config(CONFIGS / preset)
+    assert cfg.model.arch and cfg.train.epochs >= 1

@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(help="Measure what a run learned: k-NN and linear probes.", no_args_is_help=True)
 bench_app = typer.Typer(help="Throughput benchmarks: the loader and the training step.", no_args_is_help=True)
-viz_app = typer.Typer(help="Pictures: attention maps.", no_args_is_help=True)
+viz_app = typer.Typer(help="Pictures: attention maps and training curves.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(viz_app, name="viz")

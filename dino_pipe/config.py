@@ -10,6 +10,7 @@ the base's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -298,7 +299,11 @@ def _fix_yaml_floats(d: Any) -> Any:
     return d
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated Config from a plain dict (e.g. a checkpoint's ``config``) plus dotted overrides."""
+    data = copy.deepcopy(data)
+    for o in overrides:
+        _deep_update(data, parse_override(o))
     cfg = Config()
     _merge_into(cfg, _fix_yaml_floats(data))
     validate(cfg)
@@ -307,10 +312,7 @@ def config_from_dict(data: dict) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a preset (or the defaults when ``path`` is None) and apply dotted overrides."""
-    data = _read_yaml(Path(path)) if path else {}
-    for o in overrides:
-        _deep_update(data, parse_override(o))
-    return config_from_dict(data)
+    return config_from_dict(_read_yaml(Path(path)) if path else {}, overrides)
 
 
 def validate(cfg: Config) -> None:

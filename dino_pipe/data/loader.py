@@ -133,7 +133,32 @@ def _indices(tl, index: dict[tuple[str, str], int]) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-class ViewLoader:
+class _ShardSetLoader:
+    """What both loaders share: the shard set, the device kind, the rank, threads and output dtype."""
+
+    def __init__(self, shardset, cfg: DataConfig, device: str, rank: int, world_size: int,
+                 batch_size: int | None, local_world_size: int | None):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
+        self.cfg = cfg
+        self.kind = _device_kind(device)
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = int(batch_size or cfg.batch_size)
+        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
+        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
+        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
+
+    @property
+    def num_samples(self) -> int:
+        return self.shards.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.shards.num_classes
+
+
+class ViewLoader(_ShardSetLoader):
     """Multi-crop training batches from a shard set through the DALI graph.
 
     ``for batch in loader`` yields the rest of the current epoch (``len(loader)`` batches per
@@ -145,19 +170,10 @@ class ViewLoader:
     def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
                  world_size: int = 1, seed: int | None = None, batch_size: int | None = None,
                  n_local: int | None = None, debug: bool = False, local_world_size: int | None = None):
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
-        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
-        self.cfg = cfg
-        self.kind = _device_kind(device)
-        self.rank, self.world_size = rank, world_size
+        super().__init__(shardset, cfg, device, rank, world_size, batch_size, local_world_size)
         self.seed = cfg.seed if seed is None else int(seed)
-        self.batch_size = int(batch_size or cfg.batch_size)
         self.specs: list[ViewSpec] = multicrop_recipe(cfg, n_local)
         self.debug = debug
-        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
-        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
-        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
         n = self.shards.num_samples
         self._steps = (n // world_size) // self.batch_size
         if self._steps == 0:
@@ -173,14 +189,6 @@ class ViewLoader:
     # -- facts ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._steps
-
-    @property
-    def num_samples(self) -> int:
-        return self.shards.num_samples
-
-    @property
-    def num_classes(self) -> int:
-        return self.shards.num_classes
 
     @property
     def n_local(self) -> int:
@@ -296,7 +304,7 @@ class ViewLoader:
                 "num_samples": self.num_samples, "prefetch": self.cfg.prefetch, "flags": list(FLAG_NAMES)}
 
 
-class EvalLoader:
+class EvalLoader(_ShardSetLoader):
     """Evaluation batches ``(images [B, 3, C, C], labels [B] (-1 when unlabelled), indices [B])``.
 
     Shorter side resized to ``cfg.eval_resize`` (bicubic), centre crop ``cfg.eval_crop``,
@@ -308,16 +316,7 @@ class EvalLoader:
 
     def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
                  world_size: int = 1, batch_size: int | None = None, local_world_size: int | None = None):
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
-        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
-        self.cfg = cfg
-        self.kind = _device_kind(device)
-        self.rank, self.world_size = rank, world_size
-        self.batch_size = int(batch_size or cfg.batch_size)
-        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
-        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
-        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
+        super().__init__(shardset, cfg, device, rank, world_size, batch_size, local_world_size)
         n = self.shards.num_samples
         start, end = (n * rank) // world_size, (n * (rank + 1)) // world_size
         self.rank_samples = end - start
@@ -327,14 +326,6 @@ class EvalLoader:
 
     def __len__(self) -> int:
         return math.ceil(self.rank_samples / self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return self.shards.num_samples
-
-    @property
-    def num_classes(self) -> int:
-        return self.shards.num_classes
 
     def _make(self, checkpoint: bytes | None):
         cfg = self.cfg

@@ -6,27 +6,15 @@ one :class:`~dino_pipe.errors.UserError` line.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from dino_pipe.config import Config, config_from_dict, parse_override
+from dino_pipe.config import Config, config_from_dict
 from dino_pipe.errors import UserError
-
-
-def _merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def resolve_config(base: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The run's config (a checkpoint's ``config`` dict, or the defaults) with dotted overrides."""
-    data = copy.deepcopy(base or {})
-    for o in overrides:
-        _merge(data, parse_override(o))
-    return config_from_dict(data)
+    return config_from_dict(base or {}, overrides)
 
 
 def checkpoint_facts(checkpoint: str | Path, which: str = "teacher", random_init: bool = False) -> tuple[dict, dict]:

@@ -165,6 +165,20 @@ def _pair(shardset, base: dict, changed: dict, n_batches: int = 2, n_local: int 
     return cfgs, out
 
 
+def _changed_images(plain, augmented, cfg, flag: str):
+    """Yield ``(x, y, flags)`` (0..255 HWC before/after, the image's debug flags) for every image whose
+    ``flag`` is set; an image without it must come out unchanged."""
+    for a, b in zip(plain, augmented):
+        for v in range(len(a.views)):
+            fl = b.flags[v]
+            for k in range(len(fl)):
+                x, y = _u8(a.views[v][k : k + 1], cfg)[0], _u8(b.views[v][k : k + 1], cfg)[0]
+                if fl[k, F[flag]] == 0:
+                    assert np.array_equal(x, y)
+                    continue
+                yield x, y, fl[k]
+
+
 def test_flip_is_the_mirror_image(tiny_shardset):
     (cfg, _), (plain, flipped) = _pair(tiny_shardset, {}, {"flip_p": 0.5})
     n_flipped = 0
@@ -226,18 +240,11 @@ def _jitter(x: np.ndarray, b: float, c: float, s: float, hue_deg: float, centre_
 def test_jitter_matches_the_formula(tiny_shardset, centre_mode):
     (cfg, _), (plain, jit) = _pair(tiny_shardset, {"contrast_center": centre_mode}, {"jitter_p": 0.8})
     n = 0
-    for a, b in zip(plain, jit):
-        for v in range(len(a.views)):
-            fl = b.flags[v]
-            for k in range(len(fl)):
-                x, y = _u8(a.views[v][k : k + 1], cfg)[0], _u8(b.views[v][k : k + 1], cfg)[0]
-                if fl[k, F["jittered"]] == 0:
-                    assert np.array_equal(x, y)
-                    continue
-                n += 1
-                ref = _jitter(x, *(fl[k, F[name]].item() for name in ("brightness", "contrast", "saturation", "hue_deg")),
-                              centre_mode=centre_mode)
-                assert np.abs(ref - y).mean() < 0.6 and np.abs(ref - y).max() <= 3, (v, k, np.abs(ref - y).mean())
+    for x, y, fl in _changed_images(plain, jit, cfg, "jittered"):
+        n += 1
+        ref = _jitter(x, *(fl[F[name]].item() for name in ("brightness", "contrast", "saturation", "hue_deg")),
+                      centre_mode=centre_mode)
+        assert np.abs(ref - y).mean() < 0.6 and np.abs(ref - y).max() <= 3, np.abs(ref - y).mean()
     assert n > 40
 
 
@@ -255,17 +262,10 @@ def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 def test_blur_matches_the_gaussian_formula(tiny_shardset):
     (cfg, _), (plain, blur) = _pair(tiny_shardset, {}, {"blur_p_global": (1.0, 0.1), "blur_p_local": 0.5})
     n = 0
-    for a, b in zip(plain, blur):
-        for v in range(len(a.views)):
-            fl = b.flags[v]
-            for k in range(len(fl)):
-                x, y = _u8(a.views[v][k : k + 1], cfg)[0], _u8(b.views[v][k : k + 1], cfg)[0]
-                if fl[k, F["blurred"]] == 0:
-                    assert np.array_equal(x, y)
-                    continue
-                n += 1
-                ref = _gaussian_blur(x, fl[k, F["sigma"]].item())
-                assert np.abs(ref - y).mean() < 0.75 and np.abs(ref - y).max() <= 3, (v, k)
+    for x, y, fl in _changed_images(plain, blur, cfg, "blurred"):
+        n += 1
+        ref = _gaussian_blur(x, fl[F["sigma"]].item())
+        assert np.abs(ref - y).mean() < 0.75 and np.abs(ref - y).max() <= 3, fl[F["sigma"]].item()
     assert n > 30
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dino_pipe.config import DataConfig
+from dino_pipe.cpus import available_cores
 from dino_pipe.data.graph import FLAG_NAMES, dali_dtype, dali_errors, eval_graph, op_seed, train_graph
 from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
 from dino_pipe.data.shardset import ShardSet, open_shardset
@@ -64,11 +65,7 @@ def default_threads(cfg: DataConfig, local_world_size: int) -> int:
     """``cfg.threads`` or, when 0, the cores this process may use divided by the processes on this node."""
     if cfg.threads > 0:
         return cfg.threads
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, local_world_size))
+    return max(1, available_cores() // max(1, local_world_size))
 
 
 def _local_procs(world_size: int, kind: str, local_world_size: int | None) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
+from dino_pipe.cpus import available_cores
 from dino_pipe.errors import UserError
 from dino_pipe.train.distributed import (
     DistEnv,
@@ -62,7 +63,7 @@ def _worker(rank: int, env: DistEnv, fn: Callable, args: tuple, outbox: str) -> 
     env = DistEnv(rank=rank, world_size=env.world_size, local_rank=rank, device=env.device,
                   master_addr=env.master_addr, master_port=env.master_port, launcher="local")
     if env.device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))
+        torch.set_num_threads(max(1, available_cores() // env.world_size))
     init_process_group(env)
     try:
         value = fn(WorkerContext.from_env(env), *args)

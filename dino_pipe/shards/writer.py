@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 
 from dino_pipe import __version__
 from dino_pipe.atomic import atomic_open
+from dino_pipe.cpus import available_cores
 from dino_pipe.errors import UserError
 from dino_pipe.shards import journal
 from dino_pipe.shards.image import CHECKS, UnreadableImage, prepare_image
@@ -43,10 +44,7 @@ from dino_pipe.shards.tar import TarShardWriter
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (macOS)
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ and the last good checkpoint; no checkpoint or summary is written after it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import yaml
 
 from dino_pipe.atomic import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from dino_pipe.config import Config
+from dino_pipe.cpus import available_cores
 from dino_pipe.errors import UserError
 from dino_pipe.train import distributed as D
 from dino_pipe.train.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -135,7 +135,7 @@ def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: 
 def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Config, data: str, output: str,
                  progress: bool, queue) -> None:
     if device == "cpu" and cfg.train.cpu_threads == 0:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, available_cores() // world))
     env = D.DistEnv(rank=local_rank, world_size=world, local_rank=local_rank, device=device,
                     master_addr="127.0.0.1", master_port=port, launcher="local")
     try:

@@ -168,6 +168,9 @@ def shard_cmd(
     for s in result["sets"]:
         if s["ignored"]:
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
+        if s.get("skipped_links"):
+            out.print(f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
+                      f"or looping; paths and reasons are under 'skipped_links' in {Path(s['out']) / 'manifest.json'}")
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
                       f"paths and reasons are under 'skipped' in {Path(s['out']) / 'manifest.json'}")

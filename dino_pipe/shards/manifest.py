@@ -7,6 +7,7 @@ Keys (version 1)::
     labeled: bool                   split: "train" | "val" | null
     shards: [{file, index, samples, bytes, sha256}, ...]   (file/index relative to the folder)
     skipped: [{path, reason}]       ignored: int (non-image files)
+    skipped_links: [{path, reason}] (symlinks not followed: leaving the tree or looping)
     converted: int                  conversions: {reason: count}
     options: {...all options used}  source: absolute SRC    source_files: int
     fingerprint: str (source tree + output-affecting options + version)

@@ -320,8 +320,8 @@ def test_verify_unreadable_tar(tiny_shardset, tmp_path, deny):
     deny(data / "shard-000001.tar")
     code, output = run_cli("verify", data, "--workers", "1", "--device", "cpu", "-q")
     assert code == 1 and "Traceback" not in output
-    bad = [ln for ln in output.splitlines() if ln.startswith("bad:")]
-    assert len(bad) == 1 and "shard-000001.tar" in bad[0] and "Permission denied" in bad[0]
+    bad = [ln for ln in output.splitlines() if ln.startswith("bad:") and "shard-0000" in ln]
+    assert len(bad) == 1 and "shard-000001.tar: cannot read" in bad[0] and "Permission denied" in bad[0]
 
 
 # ------------------------------------------------------------------ 6. inconsistent checkpoints

@@ -400,6 +400,21 @@ def test_changed_shard_of_the_same_size_is_refused(tiny_shardset, tmp_path, ckpt
     assert not (tmp_path / "run").exists()
 
 
+def test_ranks_share_the_content_check(tiny_shardset, tmp_path):
+    from dino_pipe.data.shardset import open_shardset
+    from dino_pipe.errors import UserError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_shardset, data)
+    tar = data / "shard-000001.tar"
+    raw = bytearray(tar.read_bytes())
+    raw[3000] ^= 0xFF
+    tar.write_bytes(bytes(raw))
+    open_shardset(data, part=(0, 2))  # rank 0 of 2 checks shards 0 and 2
+    with pytest.raises(UserError, match="shard-000001.tar: content differs"):
+        open_shardset(data, part=(1, 2))
+
+
 def test_check_sha256_is_reusable(tmp_path):
     from dino_pipe.data.shardset import check_sha256
     from dino_pipe.errors import UserError

@@ -104,6 +104,10 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str | None = None
 
 def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: int, what: str) -> None:
     """Every ``.cls`` member of ``tar`` (located through its ``.idx``) is an integer in ``[0, num_classes)``."""
+    st, ist = os.stat(tar), os.stat(idx)
+    key = ("labels", os.path.realpath(tar), st.st_size, st.st_mtime_ns, ist.st_size, ist.st_mtime_ns, num_classes)
+    if key in _verified:
+        return
     with open(idx, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()[1:]
     with open(tar, "rb") as f:
@@ -124,10 +128,14 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
                         if num_classes else "an integer"
                     raise UserError(f"{what} sample {sample}: label {text.decode('utf-8', 'replace')!r} is not "
                                     f"{in_range}; fix the .cls or re-shard")
+    _verified.add(key)
 
 
-def check_content(shards: "ShardSet", sha256s: list[str | None], workers: int | None = None) -> None:
-    """sha256 of every shard vs the manifest, and (labelled sets) every label in range; parallel threads."""
+def check_content(shards: "ShardSet", sha256s: list[str | None], part: tuple[int, int] = (0, 1)) -> None:
+    """sha256 of every shard vs the manifest, and (labelled sets) every label in range; parallel threads.
+
+    ``part=(rank, world_size)``: check only every ``world_size``-th shard from ``rank`` (the ranks of a
+    job together check every shard once, each with its share of the cores)."""
     from dino_pipe.cpus import available_cores
 
     def one(i: int) -> None:
@@ -137,16 +145,20 @@ def check_content(shards: "ShardSet", sha256s: list[str | None], workers: int | 
         if shards.labeled:
             check_labels(shards.tars[i], shards.indexes[i], shards.num_classes, what)
 
-    n = len(shards.tars)
-    with ThreadPoolExecutor(max_workers=max(1, min(n, workers or available_cores()))) as pool:
-        for _ in pool.map(one, range(n)):  # first failure (in shard order) raises
+    rank, world = part
+    mine = range(rank, len(shards.tars), world)
+    if not mine:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(len(mine), available_cores() // world))) as pool:
+        for _ in pool.map(one, mine):  # first failure (in shard order) raises
             pass
 
 
-def open_shardset(path: str | Path, check: bool = True) -> ShardSet:
+def open_shardset(path: str | Path, check: bool = True, part: tuple[int, int] = (0, 1)) -> ShardSet:
     """Read and check the shard set in ``path``; raise one-line :class:`UserError` on any defect.
 
-    ``check``: also the content check (sha256 vs manifest, labels in range; see the module docstring)."""
+    ``check``: also the content check (sha256 vs manifest, labels in range; see the module docstring), of
+    this process's ``part=(rank, world_size)`` of the shards."""
     root = Path(path)
     manifest = read_manifest(root)
     entries = manifest["shards"]
@@ -176,5 +188,5 @@ def open_shardset(path: str | Path, check: bool = True) -> ShardSet:
     shards = ShardSet(root=root, tars=tuple(tars), indexes=tuple(idxs), shard_samples=tuple(counts),
                       num_samples=num, classes=classes, labeled=labeled)
     if check:
-        check_content(shards, sha256s)
+        check_content(shards, sha256s, part)
     return shards

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from dino_pipe import __version__
-from dino_pipe.errors import UserError
+from dino_pipe.errors import UserError, os_error_message
 
 app = typer.Typer(
     name="dino-pipe",
@@ -62,7 +62,7 @@ def _root(
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError (and Ctrl-C) into one line on stderr and an exit code; no traceback."""
+    """Turn UserError, OSError (disk full, permissions) and Ctrl-C into one line on stderr and an exit code; no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -79,21 +79,6 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def os_error_message(e: OSError) -> str:
-    """One line for an OSError: the path, the OS's reason and what to do about it."""
-    import errno
-
-    where = f"{e.filename}: " if e.filename else ""
-    reason = e.strerror or str(e) or type(e).__name__
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{where}{reason}; free some space (or choose another output folder) and rerun: finished work is kept"
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return f"{where}{reason}; check the permissions of this path (or choose another one)"
-    if e.errno == errno.EROFS:
-        return f"{where}{reason}; choose an output folder on a writable file system"
-    return f"{where}{reason}"
 
 
 def write_json(path: Path | None, result: Any) -> None:

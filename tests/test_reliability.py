@@ -224,6 +224,14 @@ def test_disk_full_in_train_with_no_space(small_fs):
     assert "No space left on device" in line and str(small_fs / "run") in line
 
 
+@pytest.mark.slow  # starts two torch processes
+def test_disk_full_in_train_with_two_processes(small_fs):
+    fill(small_fs)
+    line = one_error_line("train", "--data", "synthetic:8", "--output", small_fs / "run", "--gpus", "0", "--procs", "2",
+                          "-q", *TINY, "data.batch_size=2", code=1)
+    assert "No space left on device" in line and str(small_fs / "run") in line
+
+
 def test_disk_full_when_train_writes_a_checkpoint(small_fs, monkeypatch):
     from dino_pipe.train import loop
 

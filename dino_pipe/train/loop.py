@@ -27,7 +27,7 @@ import yaml
 from dino_pipe.atomic import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from dino_pipe.config import Config
 from dino_pipe.cpus import available_cores
-from dino_pipe.errors import UserError
+from dino_pipe.errors import UserError, os_error_message
 from dino_pipe.train import distributed as D
 from dino_pipe.train.checkpoint import (RUN_MARKER, checkpoint_dir, is_run_dir, list_checkpoints, load_checkpoint, mark_run_dir,
                                         previous_hint, rng_state, save_checkpoint, set_rng_state)
@@ -128,8 +128,9 @@ def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: 
     queue = ctx.SimpleQueue()
     port = D.free_port()
     try:
-        mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue),
-                 nprocs=nprocs, join=True)
+        with D.quiet_spawn_log():
+            mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue),
+                     nprocs=nprocs, join=True)
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
         while not queue.empty():
             kind, *payload = queue.get()
@@ -155,6 +156,9 @@ def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Confi
     except UserError as e:
         queue.put(("error", str(e), e.exit_code))
         raise SystemExit(e.exit_code) from None
+    except OSError as e:  # disk full, permissions: one line from the parent, as in a single process
+        queue.put(("error", os_error_message(e), 1))
+        raise SystemExit(1) from None
     if env.is_main:
         queue.put(("ok", summary))
 

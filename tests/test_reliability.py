@@ -437,28 +437,27 @@ def test_check_sha256_is_reusable(tmp_path):
 # ------------------------------------------------------------------ 9. output paths
 
 
-def test_output_paths_that_cannot_be_written(tmp_path, ckpt, tree, tiny_shardset):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("mine\n")
-    a_folder = tmp_path / "a_folder"
-    a_folder.mkdir()
-    img = tmp_path / "img.jpg"
+@pytest.mark.parametrize("case", ["train --output FILE", "viz attention --out FILE", "viz curves --out FOLDER",
+                                  "shard --output FOLDER", "export --out FOLDER"])
+def test_output_paths_that_cannot_be_written(tmp_path, ckpt, tree, case):
     from PIL import Image
 
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    a_folder = tmp_path / "a_folder.safetensors"
+    a_folder.mkdir()
+    img = tmp_path / "img.jpg"
     Image.new("RGB", (40, 40)).save(img)
+    args = {
+        "train --output FILE": ["train", "--data", "synthetic:8", "--output", a_file, "--gpus", "0", "-q", *TINY],
+        "viz attention --out FILE": ["viz", "attention", img, "--checkpoint", ckpt, "--out", a_file, "--device", "cpu"],
+        "viz curves --out FOLDER": ["viz", "curves", ckpt.parent.parent, "--out", a_folder],
+        "shard --output FOLDER": ["shard", tree, "--out", tmp_path / "shards", "--output", a_folder, "-q"],
+        "export --out FOLDER": ["export", "--checkpoint", ckpt, "--out", a_folder],
+    }[case]
     before = snapshot(tmp_path)
-    cases = [
-        (["train", "--data", "synthetic:8", "--output", a_file, "--gpus", "0", "-q", *TINY], "a_file"),
-        (["viz", "attention", img, "--checkpoint", ckpt, "--out", a_file, "--device", "cpu"], "a_file"),
-        (["viz", "curves", ckpt.parent.parent, "--out", a_folder], "a_folder"),
-        (["shard", tree, "--out", tmp_path / "shards", "--output", a_folder, "-q"], "a_folder"),
-        (["export", "--checkpoint", ckpt, "--out", tmp_path / "a_folder.safetensors"], None),
-    ]
-    (tmp_path / "a_folder.safetensors").mkdir()
-    before = snapshot(tmp_path)
-    for args, name in cases:
-        line = one_error_line(*args, code=2)
-        assert (name or "a_folder.safetensors") in line, line
+    line = one_error_line(*args, code=2)
+    assert (a_file.name if "FILE" in case else a_folder.name) in line, line
     assert snapshot(tmp_path) == before  # nothing written: no shards, no hidden .tmp
 
 

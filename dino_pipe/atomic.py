@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from dino_pipe.errors import UserError
+
 _UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
 
@@ -25,6 +27,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -
     power loss; the caller then makes the file durable later (e.g. a batch of shards at once).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -35,10 +39,35 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename and e.errno:  # a failed write names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Before any work: ``path`` can become a file (it is not a folder, its parent is not a file)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {p}: is a folder; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {p}: {parent} is a file, not a folder")
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> None:
+    """Before any work: ``path`` can be a folder (it is not an existing file, nor below one)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "exists and is a file" if probe == p else f"is below {probe}, which is a file"
+        raise UserError(f"{option} {p}: {what}; give a folder")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from dino_pipe import __version__
-from dino_pipe.errors import UserError
+from dino_pipe.errors import UserError, os_error_message
 
 app = typer.Typer(
     name="dino-pipe",
@@ -35,8 +35,17 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(viz_app, name="viz")
 
-out = Console()
-err = Console(stderr=True)
+def _console(**kwargs: Any) -> Console:
+    """A rich Console; when output is not a terminal (piped, redirected) tables get room to stay
+    whole instead of rich's 80-column default cutting headers and status text with "…"."""
+    c = Console(**kwargs)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(width=200, **kwargs)
+    return c
+
+
+out = _console()
+err = _console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -53,7 +62,7 @@ def _root(
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError (and Ctrl-C) into one line on stderr and an exit code; no traceback."""
+    """Turn UserError, OSError (disk full, permissions) and Ctrl-C into one line on stderr and an exit code; no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -65,6 +74,9 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
             raise typer.Exit(130) from None
+        except OSError as e:  # disk full, permission denied, ...: the OS's reason, the path, what to do
+            err.print(f"[bold red]error:[/] {os_error_message(e)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -77,6 +89,19 @@ def write_json(path: Path | None, result: Any) -> None:
 
     atomic_write_json(path, result.to_dict() if hasattr(result, "to_dict") else result)
     err.print(f"results written to {path}")
+
+
+def check_outputs(files: Optional[dict[str, Optional[Path]]] = None, folders: Optional[dict[str, Optional[Path]]] = None) -> None:
+    """Refuse output paths that cannot be written (a folder given for a file, a file for a folder)
+    before any work is done, rather than failing after it."""
+    from dino_pipe.atomic import check_output_file, check_output_folder
+
+    for option, path in (files or {}).items():
+        if path is not None:
+            check_output_file(path, option)
+    for option, path in (folders or {}).items():
+        if path is not None:
+            check_output_folder(path, option)
 
 
 def print_json(result: Any) -> None:
@@ -111,6 +136,7 @@ def shard_cmd(
 
     from dino_pipe.shards.writer import ShardOptions, shard_tree
 
+    check_outputs({"--output": output})
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
                            max_side=max_side, check=check, workers=workers)
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
@@ -127,6 +153,9 @@ def shard_cmd(
     for s in result["sets"]:
         if s["ignored"]:
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
+        if s.get("skipped_links"):
+            out.print(f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
+                      f"or looping; paths and reasons are under 'skipped_links' in {Path(s['out']) / 'manifest.json'}")
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
                       f"paths and reasons are under 'skipped' in {Path(s['out']) / 'manifest.json'}")
@@ -148,6 +177,7 @@ def verify_cmd(
 
     from dino_pipe.shards.verify import verify_shardset
 
+    check_outputs({"--output": output})
     result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
     table = Table(title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD)
     for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
@@ -199,6 +229,7 @@ def bench_loader_cmd(
 
     if device not in ("cpu", "gpu", "cuda"):
         raise UserError(f"--device {device}: use cpu or gpu")
+    check_outputs({"--json": json_path})
     threads = threads or default_threads(DataConfig(), 1)
     if interp not in ("gaussian", "cubic", "linear"):
         raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
@@ -259,6 +290,7 @@ def bench_train_cmd(
     from dino_pipe.config import load_config
     from dino_pipe.train.bench import bench_train
 
+    check_outputs({"--json": json_path})
     extra = [] if config else ["data.n_local=10"]
     for key, value in (("model.arch", arch), ("data.batch_size", batch_size), ("data.global_size", global_size),
                        ("data.local_size", local_size), ("data.n_local", n_local)):
@@ -315,6 +347,7 @@ def eval_knn_cmd(
 
     from dino_pipe.eval.knn_eval import evaluate_knn
 
+    check_outputs({"--output": output}, {"--save-features": save_features})
     result = evaluate_knn(
         checkpoint, train, val, which=which, random_init=random_init, ks=tuple(k) if k else None,
         temperature=temperature, save_features=save_features, load_features=load_features,
@@ -363,6 +396,7 @@ def eval_linear_cmd(
 
     from dino_pipe.eval.linear import evaluate_linear
 
+    check_outputs(folders={"--out": out_dir})
     opts = {"eval.linear_epochs": epochs, "eval.linear_lr": lr, "eval.batch_size": batch_size,
             "eval.linear_n_last_blocks": n_last_blocks,
             "eval.linear_avgpool_patchtokens": None if avgpool is None else str(avgpool).lower(),
@@ -402,6 +436,7 @@ def viz_attention_cmd(
 
     from dino_pipe.eval.attention import render_attention
 
+    check_outputs(folders={"--out": out_dir})
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -444,6 +479,7 @@ def viz_curves_cmd(
     from dino_pipe.eval.curves import plot_curves
 
     png = out_file or Path(run_dir) / "curves.png"
+    check_outputs({"--out": png, "--out (its .json)": png.with_suffix(".json")})
     result = plot_curves(run_dir, png, knn or [], k=k)
     out.print(f"{result['png']}: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} over "
               f"{result['logged_steps']} logged steps; {len(result['knn'])} k-NN points", highlight=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -315,6 +316,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config_from_dict(_read_yaml(Path(path)) if path else {}, overrides)
 
 
+def vit_patch_size(m: ModelConfig) -> int | None:
+    """The patch size of a ViT-like ``model.arch`` (``arch_kwargs.patch_size``, else the ``patchN`` in its
+    timm name); None for CNNs. Read from the names so the config is checked before any model is built."""
+    if "patch_size" in m.arch_kwargs:
+        ps = m.arch_kwargs["patch_size"]
+        ps = ps[0] if isinstance(ps, (list, tuple)) else ps
+        return int(ps) if isinstance(ps, int) and ps > 0 else None
+    found = re.search(r"(?:^|_)patch(\d+)(?:_|$)", m.arch)
+    return int(found.group(1)) if found else None
+
+
 def validate(cfg: Config) -> None:
     """Range checks that a type check cannot express; each failure names the key."""
 
@@ -347,6 +359,13 @@ def validate(cfg: Config) -> None:
     need(d.interp in ("cubic", "gaussian", "linear"), "data.interp", "must be cubic, gaussian or linear")
     need(d.eval_crop <= d.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
     m = cfg.model
+    patch = vit_patch_size(m)
+    if patch:  # a ViT cuts each crop into patch x patch tiles: sizes must be multiples of the patch
+        sizes = [("data.global_size", d.global_size), ("data.eval_crop", d.eval_crop)]
+        sizes += [("data.local_size", d.local_size)] if d.n_local > 0 else []
+        for key, size in sizes:
+            need(size % patch == 0, key, f"{size} is not a multiple of the patch size {patch} of model.arch "
+                 f"{m.arch} (use {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})")
     need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
     need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
     need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")

@@ -137,7 +137,7 @@ class _ShardSetLoader:
                  batch_size: int | None, local_world_size: int | None):
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside world size {world_size}")
-        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset)
+        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset, part=(rank, world_size))
         self.cfg = cfg
         self.kind = _device_kind(device)
         self.rank, self.world_size = rank, world_size

@@ -13,13 +13,12 @@ source checkpoint.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dino_pipe.atomic import atomic_write_json
+from dino_pipe.atomic import atomic_open, atomic_write_json, check_output_file
 from dino_pipe.errors import UserError
 from dino_pipe.models.backbone import is_vit
 
@@ -31,13 +30,15 @@ def sidecar_path(out: str | Path) -> Path:
 def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "teacher") -> dict[str, Any]:
     """Write the ``which`` backbone of ``checkpoint`` to ``out`` (.safetensors) and its sidecar JSON."""
     import timm
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from dino_pipe.eval.trained_backbone import load_backbone
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the file name must end in .safetensors")
+    check_output_file(out, "--out")
+    check_output_file(sidecar_path(out), "--out (its .json sidecar)")
     loaded = load_backbone(checkpoint, which)  # checks that the weights fit the architecture
     model, cfg = loaded.model, loaded.config
     state = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
@@ -46,12 +47,8 @@ def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "te
         arch_kwargs.setdefault("dynamic_img_size", True)
         arch_kwargs.setdefault("global_pool", "token")
     meta = {"format": "dino-pipe-backbone", "arch": cfg.model.arch, "which": which, "step": str(loaded.source["step"])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_open(out, "wb") as f:  # a failed write (disk full) leaves no partial or temporary file
+        f.write(save(state, metadata=meta))
     info = {
         "file": str(out),
         "arch": cfg.model.arch,

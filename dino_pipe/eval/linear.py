@@ -199,19 +199,30 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
     start_epoch = 0
     resumed_from = None
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        damaged = f"{state_path}: damaged or not a linear-probe state ({{}}); delete it to restart the probe from epoch 0"
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, garbage, or a pickle that is not plain data
+            if isinstance(e, PermissionError):
+                raise
+            raise UserError(damaged.format((str(e).strip().splitlines() or [type(e).__name__])[0][:160])) from None
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
+            raise UserError(damaged.format("no probe fingerprint in it"))
         if state.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
+            diff = sorted(k for k in fingerprint if (state.get("fingerprint") or {}).get(k) != fingerprint[k])
             raise UserError(f"{state_path}: a linear probe with other settings ({', '.join(diff)}) is there; "
                             "use another --out or delete the folder")
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = resumed_from = int(state["epoch"])
-        history = list(state["history"])
-        loader_states = state["loader_ranks"]
-        train_loader.load_state_dict(loader_states[ctx.rank])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            start_epoch = resumed_from = int(state["epoch"])
+            history = list(state["history"])
+            loader_states = state["loader_ranks"]
+            train_loader.load_state_dict(loader_states[ctx.rank])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(damaged.format(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")) from None
 
     model = DistributedDataParallel(head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.distributed else head

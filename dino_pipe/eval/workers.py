@@ -22,7 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dino_pipe.cpus import available_cores
-from dino_pipe.errors import UserError
+from dino_pipe.errors import UserError, os_error_message
 from dino_pipe.train.distributed import (
     DistEnv,
     check_local_request,
@@ -30,6 +30,7 @@ from dino_pipe.train.distributed import (
     free_port,
     init_process_group,
     launched_env,
+    quiet_spawn_log,
 )
 
 
@@ -70,9 +71,9 @@ def _worker(rank: int, env: DistEnv, fn: Callable, args: tuple, outbox: str) -> 
         if rank == 0:
             with open(os.path.join(outbox, "result.pkl"), "wb") as f:
                 pickle.dump(value, f)
-    except UserError as e:
+    except (UserError, OSError) as e:  # one line from the parent, as in a single process
         with open(os.path.join(outbox, f"error-{rank}.txt"), "w") as f:
-            f.write(str(e))
+            f.write(os_error_message(e) if isinstance(e, OSError) else str(e))
         raise
     finally:
         destroy_process_group()
@@ -94,7 +95,8 @@ def run_workers(fn: Callable[..., Any], *, gpus: int = 0, procs: int = 1, args: 
     env = DistEnv(world_size=world, device=device, master_port=free_port())
     with tempfile.TemporaryDirectory(prefix="dino-pipe-eval-") as outbox:
         try:
-            mp.start_processes(_worker, args=(env, fn, args, outbox), nprocs=world, join=True, start_method="spawn")
+            with quiet_spawn_log():
+                mp.start_processes(_worker, args=(env, fn, args, outbox), nprocs=world, join=True, start_method="spawn")
         except (mp.ProcessRaisedException, mp.ProcessExitedException):
             for name in sorted(os.listdir(outbox)):
                 if name.startswith("error-"):

@@ -11,10 +11,15 @@ Three layouts (``layout="auto"`` picks the first that fits):
 Hidden folders are not entered; hidden files (``.DS_Store``, ``._x.jpg``) and files whose
 extension is not an image extension are *ignored* and counted. Paths are sorted, so everything
 downstream is a deterministic function of the tree.
+
+Symbolic links are followed when they stay inside the source tree; a link that leads outside it,
+loops (to itself, or to a folder it sits in), is skipped and listed with the reason
+(``skipped_links`` in the manifest), so a tree is walked once and only its own files are packed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -43,6 +48,7 @@ class SourceSplit:
     ignored: int  # non-image files seen
     digest: str  # sha256 over (path, size, mtime) of every image: "has the tree changed?"
     keys: list[str] = field(default_factory=list)
+    skipped_links: list[dict] = field(default_factory=list)  # [{path, reason}]: links not followed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -52,24 +58,51 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(root: Path) -> tuple[list[tuple[str, int, int]], int]:
-    """All image files under ``root`` as (relative posix path, size, mtime_ns), and the ignored count."""
+def _link_problem(entry: os.DirEntry, real_root: str, ancestors: tuple[str, ...]) -> str | None:
+    """Why the symlink ``entry`` is not followed (None: follow it). See the module docstring."""
+    try:
+        os.stat(entry.path)
+    except FileNotFoundError:  # dangling: an image name is reported as unreadable by the writer
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself)"
+        return None
+    target = os.path.realpath(entry.path)
+    if os.path.commonpath([target, real_root]) != real_root:
+        return f"symlink leads outside the source tree (to {target})"
+    if target in ancestors:
+        return f"symlink loops back to a folder it is in ({target})"
+    return None
+
+
+def _walk(root: Path, links: list[dict] | None = None) -> tuple[list[tuple[str, int, int]], int]:
+    """All image files under ``root`` as (relative posix path, size, mtime_ns), and the ignored count.
+
+    Symlinks that leave ``root`` or loop are not followed; ``links`` (when given) gets
+    ``{path, reason}`` for each."""
     found: list[tuple[str, int, int]] = []
     ignored = 0
-    stack = [(root, "")]
+    real_root = os.path.realpath(root)
+    stack = [(root, "", (real_root,))]
     while stack:
-        folder, rel = stack.pop()
+        folder, rel, ancestors = stack.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError as e:
-            raise UserError(f"cannot list {folder}: {e.strerror}") from None
+            raise UserError(f"cannot list {folder}: {e.strerror}; check its permissions") from None
         for entry in entries:
             path = f"{rel}{entry.name}"
-            if entry.is_dir(follow_symlinks=True):
-                if not entry.name.startswith("."):
-                    stack.append((Path(entry.path), path + "/"))
+            hidden = entry.name.startswith(".")
+            if entry.is_symlink() and not hidden and (problem := _link_problem(entry, real_root, ancestors)):
+                if links is not None:
+                    links.append({"path": path, "reason": problem})
                 continue
-            if entry.name.startswith(".") or not _is_image(entry.name):
+            if entry.is_dir(follow_symlinks=True):
+                if not hidden:
+                    stack.append((Path(entry.path), path + "/", (*ancestors, os.path.realpath(entry.path))))
+                continue
+            if hidden or not _is_image(entry.name):
                 ignored += 1
                 continue
             try:
@@ -95,7 +128,8 @@ def class_folders(root: Path) -> list[str]:
 
 
 def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | None = None) -> SourceSplit:
-    found, ignored = _walk(root)
+    links: list[dict] = []
+    found, ignored = _walk(root, links)
     labels = None
     if labeled:
         own = class_folders(root)
@@ -120,6 +154,7 @@ def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | Non
         classes=list(classes or []),
         ignored=ignored,
         digest=_digest(found),
+        skipped_links=sorted(links, key=lambda x: x["path"]),
     )
     split.keys = make_keys(split.files)
     return split

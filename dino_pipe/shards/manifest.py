@@ -7,6 +7,7 @@ Keys (version 1)::
     labeled: bool                   split: "train" | "val" | null
     shards: [{file, index, samples, bytes, sha256}, ...]   (file/index relative to the folder)
     skipped: [{path, reason}]       ignored: int (non-image files)
+    skipped_links: [{path, reason}] (symlinks not followed: leaving the tree or looping)
     converted: int                  conversions: {reason: count}
     options: {...all options used}  source: absolute SRC    source_files: int
     fingerprint: str (source tree + output-affecting options + version)
@@ -42,7 +43,8 @@ def read_manifest_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        hint = "; check the permissions of the shard set folder and its files" if isinstance(e, PermissionError) else ""
+        raise UserError(f"cannot read {path}: {e.strerror}{hint}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); rerun 'dino-pipe shard' to rewrite it") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

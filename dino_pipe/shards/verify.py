@@ -24,7 +24,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dino_pipe.errors import UserError
 from dino_pipe.shards.dali_decode import run_decode_tasks
@@ -60,8 +60,22 @@ def find_shard_sets(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and is_set(d)]
 
 
+def unsafe_member_name(name: str) -> bool:
+    """An absolute path or a ``..`` component: extracting the tar could write outside the folder."""
+    return name.startswith("/") or name[1:3] == ":\\" or ".." in PurePosixPath(name.replace("\\", "/")).parts
+
+
 def _check_structure(folder: Path, entry: dict, manifest: dict | None, tmp: Path) -> ShardCheck:
     check = ShardCheck(entry["file"], entry.get("index") or Path(entry["file"]).with_suffix(".idx").name)
+    try:
+        return _check_structure_of(check, folder, entry, manifest, tmp)
+    except OSError as e:  # unreadable tar or index (permissions, I/O error): a bad shard, not a crash
+        check.readable = False
+        check.problems.append((None, f"cannot read {Path(e.filename).name if e.filename else 'it'}: {e.strerror or e}"))
+        return check
+
+
+def _check_structure_of(check: ShardCheck, folder: Path, entry: dict, manifest: dict | None, tmp: Path) -> ShardCheck:
     tar = folder / check.file
     if not tar.is_file():
         check.problems.append((None, "tar file is missing"))
@@ -75,6 +89,10 @@ def _check_structure(folder: Path, entry: dict, manifest: dict | None, tmp: Path
     try:
         with open(tar, "rb") as f:
             members = list(read_members(f, size))
+            for m in members:
+                if unsafe_member_name(m.name):
+                    check.problems.append((None, f"unsafe member name {m.name!r} (absolute or with '..'): "
+                                                 "extracting this tar could write outside its folder"))
             samples = group_samples(members)
             labeled = manifest["labeled"] if manifest is not None else None
             n_classes = len(manifest["classes"]) if manifest is not None else None

@@ -2,6 +2,8 @@
 
 Layout inside a run directory::
 
+    RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --output
+                                         refuses any other non-empty folder)
     RUN_DIR/config.yaml                  the resolved config of the run
     RUN_DIR/metrics.jsonl                one JSON line per logged step
     RUN_DIR/summary.json                 the result of a finished run
@@ -37,6 +39,19 @@ from dino_pipe.errors import UserError
 CHECKPOINT_FORMAT = "dino-pipe-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
+RUN_MARKER = ".dino-pipe-run"
+
+
+def is_run_dir(run_dir: str | Path) -> bool:
+    """A folder written by ``dino-pipe train``: its marker, or (runs made before the marker) checkpoints."""
+    return (Path(run_dir) / RUN_MARKER).is_file() or bool(list_checkpoints(run_dir))
+
+
+def mark_run_dir(run_dir: str | Path) -> None:
+    from dino_pipe.atomic import atomic_write_json
+
+    if not (Path(run_dir) / RUN_MARKER).is_file():
+        atomic_write_json(Path(run_dir) / RUN_MARKER, {"format": "dino-pipe-run", "version": 1})
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -90,8 +105,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torn/garbage file, or a pickle that is not plain data
+        if isinstance(e, PermissionError):
+            raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]})") from None
+        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]}); {previous_hint(p)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p}: not a dino-pipe checkpoint (missing format '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -100,6 +117,15 @@ def load_checkpoint(path: str | Path) -> dict:
         if key not in ckpt:
             raise UserError(f"{p}: damaged checkpoint (no '{key}' entry)")
     return ckpt
+
+
+def previous_hint(path: str | Path) -> str:
+    """What to do about a bad checkpoint file: move it aside so the previous one (named) is used."""
+    p = Path(path)
+    older = [c for c in list_checkpoints(p.parent.parent) if c.name < p.name] if p.parent.name == "checkpoints" else []
+    if older:
+        return f"move it aside (e.g. rename it to {p.name}.bad) to use the previous checkpoint {older[-1]}"
+    return "no earlier checkpoint in this run: restart the run in a new --output"
 
 
 # -- random number generator states, stored as tensors/ints so weights_only loading works -------

@@ -15,6 +15,8 @@ The device is decided here (CUDA when GPUs are requested and present, else CPU) 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -109,6 +111,19 @@ def check_local_request(gpus: int, procs: int) -> tuple[str, int]:
         raise UserError(f"--gpus {gpus} requested but {n} CUDA device{'s' if n != 1 else ''} visible on this machine "
                         "(use --gpus 0 to train on the CPU)")
     return "cuda", gpus
+
+
+@contextlib.contextmanager
+def quiet_spawn_log():
+    """Silence torch's "Terminating process ... via SIGTERM" warning while local processes run: when one
+    fails, the others are stopped on purpose and the user gets the failing rank's one-line error."""
+    log = logging.getLogger("torch.multiprocessing.spawn")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def free_port() -> int:

@@ -27,9 +27,10 @@ import yaml
 from dino_pipe.atomic import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from dino_pipe.config import Config
 from dino_pipe.cpus import available_cores
-from dino_pipe.errors import UserError
+from dino_pipe.errors import UserError, os_error_message
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dino_pipe.train.checkpoint import (RUN_MARKER, checkpoint_dir, is_run_dir, list_checkpoints, load_checkpoint, mark_run_dir,
+                                        previous_hint, rng_state, save_checkpoint, set_rng_state)
 from dino_pipe.train.diagnostics import CollapseMonitor
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
 
@@ -82,6 +83,16 @@ def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
                       world_size=env.world_size, **kwargs)
 
 
+def check_run_dir(output: Path) -> None:
+    """``--output`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
+    from dino_pipe.atomic import check_output_folder
+
+    check_output_folder(output, "--output")
+    if output.is_dir() and not is_run_dir(output) and any(output.iterdir()):
+        raise UserError(f"--output {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
+                        "checkpoints/); choose a new or empty folder so nothing of yours is replaced")
+
+
 # ------------------------------------------------------------------------------------------------
 # launching
 # ------------------------------------------------------------------------------------------------
@@ -98,6 +109,7 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     """
     check_data(data)
     output = Path(output)
+    check_run_dir(output)
     if gpus is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     env = D.launched_env(gpus)
@@ -116,8 +128,9 @@ def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: 
     queue = ctx.SimpleQueue()
     port = D.free_port()
     try:
-        mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue),
-                 nprocs=nprocs, join=True)
+        with D.quiet_spawn_log():
+            mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue),
+                     nprocs=nprocs, join=True)
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
         while not queue.empty():
             kind, *payload = queue.get()
@@ -143,6 +156,9 @@ def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Confi
     except UserError as e:
         queue.put(("error", str(e), e.exit_code))
         raise SystemExit(e.exit_code) from None
+    except OSError as e:  # disk full, permissions: one line from the parent, as in a single process
+        queue.put(("error", os_error_message(e), 1))
+        raise SystemExit(1) from None
     if env.is_main:
         queue.put(("ok", summary))
 
@@ -205,6 +221,7 @@ class _Run:
         if not self.env.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        mark_run_dir(self.run_dir)
         for stale in checkpoint_dir(self.run_dir).glob(".step-*.tmp"):  # left by a run killed mid-write
             stale.unlink(missing_ok=True)
         metrics = self.run_dir / "metrics.jsonl"
@@ -230,8 +247,6 @@ class _Run:
             if ckpt.get("world_size", 1) != env.world_size:
                 raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
                                 f"number (not {env.world_size}) or use a new --output")
-        self._prepare_run_dir(resume, ckpt)
-        D.barrier(env)
 
         loader = make_loader(self.data, cfg, env)
         steps_per_epoch = len(loader)
@@ -241,12 +256,18 @@ class _Run:
         trainer = DINOTrainer(cfg, env, steps_per_epoch)
         step = 0
         if ckpt is not None:
-            trainer.load_state_dict(ckpt)
+            try:
+                trainer.load_state_dict(ckpt)
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights that do not fit the stored config
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise UserError(f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}") from None
             step = int(ckpt["step"])
             loader.load_state_dict(_per_rank(ckpt, "data", env))
             set_rng_state(_per_rank(ckpt, "rng", env), trainer.device)
         else:
             torch.manual_seed(cfg.train.seed + 7919 * (env.rank + 1))  # per-rank randomness (drop path)
+        self._prepare_run_dir(resume, ckpt)  # only now: a refused start leaves the folder as it was
+        D.barrier(env)
         stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
         self.last_checkpoint = resume
         monitor = CollapseMonitor(cfg.model.out_dim)

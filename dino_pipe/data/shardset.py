@@ -68,8 +68,12 @@ def read_manifest(root: Path) -> dict:
 
 
 def open_shardset(path: str | Path) -> ShardSet:
-    """Read and check the shard set in ``path``; raise one-line :class:`UserError` on any defect."""
-    root = Path(path)
+    """Read and check the shard set in ``path``; raise one-line :class:`UserError` on any defect.
+
+    ``s3://bucket/prefix`` is first fetched into the shard cache (:mod:`dino_pipe.storage.cache`)."""
+    from dino_pipe.storage.cache import resolve_shardset
+
+    root = resolve_shardset(path)
     manifest = read_manifest(root)
     entries = manifest["shards"]
     if not entries or int(manifest["num_samples"]) <= 0:

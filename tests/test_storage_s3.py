@@ -158,6 +158,7 @@ def test_train_one_epoch_from_s3_equals_local_bit_for_bit(s3, tiny_shardset, tmp
     assert torch.equal(ca["center"], cb["center"])
 
 
+@pytest.mark.slow
 def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
     from dino_pipe.train import load_checkpoint
     from test_train_loop import TINY

@@ -151,8 +151,8 @@ def main() -> None:
             time.sleep(0.3)
             reqs = count_requests(log, mark) if proc is not None else {}
             images = (args.dali_s3_steps + 1) * args.batch_size
-            dali = {"images_per_s": res["images_per_s"], "requests": reqs, "images_read": images, "seconds": round(wall, 1),
-                    "requests_per_image": round(sum(reqs.values()) / images, 2) if reqs else None}
+            dali = {"images_per_s": res["images_per_s"], "requests": reqs, "images_timed": images, "seconds": round(wall, 1),
+                    "requests_per_shard": {m: round(n / n_shards, 1) for m, n in reqs.items()}}
         med = {k: statistics.median(v) for k, v in rows.items()}
         result = {"shards": n_shards, "images": args.images, "MB": round(mb, 1), "rounds": rows, "median": med,
                   "warm_over_local": round(med["s3 warm"] / med["local"], 3), "cold_over_local": round(med["s3 cold"] / med["local"], 3),
@@ -167,8 +167,8 @@ def main() -> None:
         print(f"ratio s3 warm / local = {result['warm_over_local']:.3f}; cold fetch {result['fetch_MB_per_s']} MB/s; "
               f"requests per shard (cold fetch, incl. manifest): {per_shard}")
         if dali:
-            print(f"DALI's own s3:// reader: {dali['images_per_s']:.1f} images/s, requests {dali['requests']} for "
-                  f"~{dali['images_read']} images ({dali['requests_per_image']} per image)")
+            print(f"DALI's own s3:// reader: {dali['images_per_s']:.1f} images/s; requests per shard "
+                  f"{dali['requests_per_shard']} (its shuffle buffer reads ahead over the set; {dali['seconds']} s wall)")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     finally:

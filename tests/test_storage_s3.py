@@ -286,3 +286,42 @@ def test_a_dropped_download_is_retried_then_one_line(s3, monkeypatch):
     fails[0] = 100
     with pytest.raises(UserError, match="lost the connection to the S3 endpoint .* while reading s3://.*/d/obj"):
         store.download("d/obj", io.BytesIO())
+
+
+# ------------------------------------------------------------------------------ the cache
+
+
+def test_cache_is_bounded_lru_and_refetches_only_changed_shards(s3, tiny_shardset, tmp_path, monkeypatch):
+    from dino_pipe.storage.cache import CacheSettings, fetch_shardset
+
+    a, b = upload(s3, tiny_shardset, "c/a"), upload(s3, tiny_shardset, "c/b")
+    size = sum(p.stat().st_size for p in tiny_shardset.iterdir() if p.is_file())
+    roomy = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.0)
+    fa = fetch_shardset(a, roomy)
+    assert sorted(p.name for p in fa.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    before = {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")}
+    assert fetch_shardset(a, roomy) == fa and {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")} == before
+
+    one_set = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.5 * size / 1e9)  # room for one set, not two
+    fb = fetch_shardset(b, one_set)
+    assert not list(fa.glob("shard-*.tar")) and len(list(fb.glob("shard-*.tar"))) == 3, "the least recently used set goes"
+    tiny = CacheSettings.resolve(str(tmp_path / "c2"), gb=0.5 * size / 1e9)
+    with pytest.raises(UserError, match="more than the shard cache may hold .* raise data.cache_gb"):
+        fetch_shardset(a, tiny)
+
+
+def test_bench_loader_reads_s3(s3, tiny_shardset):
+    url = upload(s3, tiny_shardset, "bl/tiny")
+    code, text = invoke(["bench", "loader", url, "--steps", 1, "--warmup", 0, "--batch-size", 8, "--n-local", 2,
+                         "--global-size", 32, "--local-size", 16])
+    assert code == 0 and "images/s" in text, text
+
+
+def test_stale_staging_of_a_killed_shard_run_is_removed(s3, image_tree, tmp_path):
+    from dino_pipe.shards.writer import ShardOptions, shard_tree
+
+    stale = tmp_path / "cache" / "staging" / "shard-killed"
+    stale.mkdir(parents=True)
+    (stale / "shard-000000.tar").write_bytes(b"partial")
+    shard_tree(image_tree, f"s3://{s3.bucket}/st", ShardOptions(shard_samples=20, workers=1), progress=False)
+    assert not stale.exists() and not list((tmp_path / "cache" / "staging").iterdir())

@@ -437,6 +437,7 @@ def _layout_name(options: ShardOptions, splits: list[SourceSplit]) -> str:
 
 def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force: bool, progress: bool) -> dict:
     """``shard_tree`` with ``out`` = ``s3://bucket/prefix`` (see :mod:`dino_pipe.shards.remote`)."""
+    import fcntl
     import shutil
     import tempfile
 
@@ -452,7 +453,10 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
     staging_root = CacheSettings.resolve().folder / "staging"
     try:
         staging_root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(staging_root)
         staging = Path(tempfile.mkdtemp(prefix="shard-", dir=staging_root))
+        lock = open(staging / ".lock", "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while this run lives (a kill -9 releases it)
     except OSError as e:
         raise UserError(f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE") from None
     try:
@@ -465,4 +469,19 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
                 for split, remote, fp, state in jobs]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        lock.close()
     return {"source": source, "out": str(url), "layout": _layout_name(options, splits), "sets": sets}
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Delete staging folders of killed ``shard --out s3://`` runs (their lock is no longer held)."""
+    import fcntl
+    import shutil
+
+    for d in root.glob("shard-*"):
+        try:
+            with open(d / ".lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue  # a live run holds it

@@ -162,7 +162,7 @@ def fetch_shardset(location: str, settings: CacheSettings | None = None, progres
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the shard cache {folder}: {e.strerror or e}; set data.cache_dir or DINO_PIPE_CACHE") from None
-    staged = folder / f".{MANIFEST_NAME}.remote"
+    staged = folder / f".{MANIFEST_NAME}.{os.getpid()}.remote"
     atomic_write_bytes(staged, raw)
     try:
         manifest = read_manifest_file(staged)
@@ -173,18 +173,32 @@ def fetch_shardset(location: str, settings: CacheSettings | None = None, progres
     if total > settings.max_bytes:
         raise UserError(f"shard set {url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
                         f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
-    (folder / USED_MARKER).touch()
-    todo = [e for e in entries if not is_cached(folder, e)]
-    if todo:
-        evict(settings, keep=folder, need=sum(int(e["bytes"]) for e in todo))
-        _fetch_all(store, url, folder, todo, settings.threads, progress)
-    os.replace(staged, folder / MANIFEST_NAME)
-    listed = {n for e in entries for n in (e["file"], e["index"], _marker(folder, e["file"]).name)}
-    for p in folder.iterdir():  # shards of an older version of the set
-        if p.is_file() and p.name not in listed and p.name.endswith((".tar", ".idx", ".sha256", ".fetch")):
-            with contextlib.suppress(OSError):
-                p.unlink()
+    with _locked(folder):  # ranks of one node sharing the cache: one fetches, the others then find it done
+        (folder / USED_MARKER).touch()
+        todo = [e for e in entries if not is_cached(folder, e)]
+        if todo:
+            evict(settings, keep=folder, need=sum(int(e["bytes"]) for e in todo))
+            _fetch_all(store, url, folder, todo, settings.threads, progress)
+        os.replace(staged, folder / MANIFEST_NAME)
+        listed = {n for e in entries for n in (e["file"], e["index"], _marker(folder, e["file"]).name)}
+        for p in folder.iterdir():  # shards of an older version of the set, temp files of killed fetches
+            if p.is_file() and p.name not in listed and p.name.endswith((".tar", ".idx", ".sha256", ".fetch")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
     return folder
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive ``flock`` on ``folder/.lock`` (released when the process dies, even by kill -9)."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _fetch_all(store: S3Store, url: S3Url, folder: Path, todo: list[dict], threads: int, progress: bool) -> None:

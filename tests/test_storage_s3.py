@@ -27,11 +27,9 @@ from dino_pipe.atomic import read_jsonl
 from dino_pipe.errors import UserError
 from s3_server import MotoServer, free_port
 
-boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'dino-pipe[s3]')")
-
-
 @pytest.fixture(scope="module")
 def server():
+    pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'dino-pipe[s3]')")
     s = MotoServer()
     yield s
     s.stop()
@@ -46,6 +44,8 @@ def s3(server, monkeypatch, tmp_path):
     from dino_pipe.storage import s3 as s3_module
 
     monkeypatch.setattr(s3_module, "_stores", {})
+    import boto3
+
     client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     bucket = f"b-{uuid.uuid4().hex[:12]}"
@@ -235,7 +235,7 @@ def test_each_store_error_is_one_line(s3, tmp_path, monkeypatch, tiny_shardset, 
 
 
 def test_wrong_credentials_are_one_line(monkeypatch, tmp_path):
-    pytest.importorskip("boto3")
+    pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'dino-pipe[s3]')")
     strict = MotoServer(auth=True)  # checks signatures: any key is unknown to it
     try:
         for k, v in strict.env().items():

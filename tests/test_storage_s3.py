@@ -325,3 +325,24 @@ def test_stale_staging_of_a_killed_shard_run_is_removed(s3, image_tree, tmp_path
     (stale / "shard-000000.tar").write_bytes(b"partial")
     shard_tree(image_tree, f"s3://{s3.bucket}/st", ShardOptions(shard_samples=20, workers=1), progress=False)
     assert not stale.exists() and not list((tmp_path / "cache" / "staging").iterdir())
+
+
+def test_shard_verify_train_eval_end_to_end_on_s3(s3, image_tree, tmp_path):
+    """The whole line through the CLI with every shard set on the store."""
+    from test_train_loop import TINY
+
+    url = f"s3://{s3.bucket}/e2e/tiny"
+    code, text = invoke(["shard", image_tree, "--out", url, "--shard-samples", 16, "--workers", 1, "-q"])
+    assert code == 0 and url in text, text
+    code, text = invoke(["verify", url, "-q", "--device", "cpu"])
+    assert code == 0 and "ok" in text, text
+    run = tmp_path / "run"
+    code, text = invoke(["train", "--data", url, "--output", run, "--gpus", "0", "-q", *TINY, "data.batch_size=8",
+                         "train.epochs=1"])
+    assert code == 0, text
+    code, text = invoke(["eval", "knn", "--checkpoint", run, "--train", url, "--val", url, "--gpus", "0", "--k", 5,
+                         "--resize", 40, "--crop", 32, "-o", tmp_path / "knn.json"])
+    assert code == 0 and json.loads((tmp_path / "knn.json").read_text())["results"][0]["k"] == 5, text
+    code, text = invoke(["eval", "linear", "--checkpoint", run, "--train", url, "--val", url, "--out", tmp_path / "lin",
+                         "--gpus", "0", "--epochs", 1, "--batch-size", 8, "--resize", 40, "--crop", 32, "--n-last-blocks", 1])
+    assert code == 0 and (tmp_path / "lin" / "linear.json").is_file(), text

@@ -148,7 +148,7 @@ def shard_cmd(
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
-                      f"paths and reasons are under 'skipped' in {Path(s['out']) / 'manifest.json'}")
+                      f"paths and reasons are under 'skipped' in {s['out']}/manifest.json")
     write_json(output, result)
 
 

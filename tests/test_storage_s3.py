@@ -346,3 +346,34 @@ def test_shard_verify_train_eval_end_to_end_on_s3(s3, image_tree, tmp_path):
     code, text = invoke(["eval", "linear", "--checkpoint", run, "--train", url, "--val", url, "--out", tmp_path / "lin",
                          "--gpus", "0", "--epochs", 1, "--batch-size", 8, "--resize", 40, "--crop", 32, "--n-last-blocks", 1])
     assert code == 0 and (tmp_path / "lin" / "linear.json").is_file(), text
+
+
+def test_kill9_while_sharding_to_s3_then_resume(s3, photos, tmp_path):
+    """kill -9 a `shard --out s3://` run after a few shards were uploaded; the rerun keeps them and the
+    result is byte for byte the local run's."""
+    from conftest import write_image_tree
+
+    tree = write_image_tree(tmp_path / "tree", photos, classes=4, per_class=30)
+    args = ["--shard-samples", "2", "--workers", "1", "-q"]
+    subprocess.run([sys.executable, "-m", "dino_pipe", "shard", str(tree), "--out", str(tmp_path / "local"), *args],
+                   check=True, capture_output=True, timeout=300)
+    url = f"s3://{s3.bucket}/kill/set"
+    cmd = [sys.executable, "-m", "dino_pipe", "shard", str(tree), "--out", url, *args]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if sum(".dino-pipe-shard-journal/shard-" in k for k in keys(s3, "kill/set/")) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "kill/set/manifest.json" not in keys(s3)
+    res = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "resumed" in res.stdout, res.stdout + res.stderr
+    local = sorted(p for p in (tmp_path / "local").iterdir() if p.name.startswith("shard-"))
+    stored = keys(s3, "kill/set/")
+    assert len(local) == 120 and sorted(Path(k).name for k in stored if "/shard-" in k) == [p.name for p in local]
+    for p in local:
+        assert get(s3, f"kill/set/{p.name}") == p.read_bytes(), p.name
+    assert not [k for k in stored if ".dino-pipe-shard-journal" in k]

@@ -166,7 +166,6 @@ def verify_cmd(
     from rich.table import Table
 
     from dino_pipe.shards.verify import verify_shardset
-
     from dino_pipe.storage.url import is_remote
 
     if is_remote(shardset):

@@ -67,6 +67,7 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _refuse_url_paths(kwargs)
             return fn(*args, **kwargs)
         except UserError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
@@ -79,6 +80,24 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _refuse_url_paths(kwargs: dict) -> None:
+    """Options that take only local paths (typed ``Path``) refuse ``s3://…`` with one line instead of
+    writing a local folder named ``s3:``; options that accept URLs are typed ``str``."""
+    from dino_pipe.storage.url import refuse_url
+
+    for name, value in kwargs.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, Path):
+                refuse_url(v, name.replace("_", "-"))
+
+
+def _local_shardset(location: str, quiet: bool = False) -> Path:
+    """A shard-set argument as a local folder: ``s3://…`` is fetched into the shard cache first."""
+    from dino_pipe.storage.cache import resolve_shardset
+
+    return resolve_shardset(location, progress=not quiet)
 
 
 def write_json(path: Path | None, result: Any) -> None:
@@ -117,7 +136,7 @@ def print_json(result: Any) -> None:
 @user_errors
 def shard_cmd(
     src: Path = typer.Argument(..., help="Image tree: SRC/train/<class>/… (+ SRC/val/<class>/…), SRC/<class>/…, or a folder of images."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: shards/<name of SRC>)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or s3://bucket/prefix (default: shards/<name of SRC>)."),
     layout: str = typer.Option("auto", help="auto | imagenet | imagefolder | unlabeled."),
     shard_samples: int = typer.Option(1000, help="Max samples per shard (0 = no limit)."),
     shard_mb: float = typer.Option(128.0, help="Target max shard size in MB (0 = no limit)."),
@@ -155,17 +174,17 @@ def shard_cmd(
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
         if s.get("skipped_links"):
             out.print(f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
-                      f"or looping; paths and reasons are under 'skipped_links' in {Path(s['out']) / 'manifest.json'}")
+                      f"or looping; paths and reasons are under 'skipped_links' in {s['out']}/manifest.json")
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
-                      f"paths and reasons are under 'skipped' in {Path(s['out']) / 'manifest.json'}")
+                      f"paths and reasons are under 'skipped' in {s['out']}/manifest.json")
     write_json(output, result)
 
 
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    shardset: Path = typer.Argument(..., help="A shard set folder (or a parent folder holding train/ and val/ sets)."),
+    shardset: str = typer.Argument(..., help="A shard set folder or s3://bucket/prefix (or a parent holding train/ and val/ sets)."),
     workers: int = typer.Option(0, help="Threads for checksums and DALI decoding (0 = all cores)."),
     device: str = typer.Option("auto", help="auto (GPU decoding when CUDA is present) | cpu | gpu."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report as JSON here."),
@@ -176,9 +195,15 @@ def verify_cmd(
     from rich.table import Table
 
     from dino_pipe.shards.verify import verify_shardset
+    from dino_pipe.storage.url import is_remote
 
     check_outputs({"--output": output})
-    result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
+    if is_remote(shardset):
+        from dino_pipe.storage.verify import verify_remote
+
+        result = verify_remote(shardset, workers=workers, device=device, progress=not quiet)
+    else:
+        result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
     table = Table(title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD)
     for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
         table.add_column(col, justify="left" if col in ("set", "manifest", "result") else "right")
@@ -209,7 +234,7 @@ def verify_cmd(
 @bench_app.command("loader")
 @user_errors
 def bench_loader_cmd(
-    shardset: Path = typer.Argument(..., help="Shard set folder (shard-*.tar, *.idx, manifest.json)."),
+    shardset: str = typer.Argument(..., help="Shard set folder (shard-*.tar, *.idx, manifest.json) or s3://bucket/prefix."),
     device: str = typer.Option("cpu", "--device", help="cpu (CPU operators) or gpu (nvJPEG + GPU operators)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
     threads: int = typer.Option(0, "--threads", help="DALI CPU threads (0 = cores / local processes)."),
@@ -233,7 +258,7 @@ def bench_loader_cmd(
     threads = threads or default_threads(DataConfig(), 1)
     if interp not in ("gaussian", "cubic", "linear"):
         raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
-    result = bench_loader(shardset, DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",
+    result = bench_loader(_local_shardset(shardset), DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",
                           batch_size=batch_size,
                           threads=threads, n_local=n_local, steps=steps, warmup=warmup,
                           loader="reference" if reference else "dali", global_size=global_size, local_size=local_size)
@@ -327,8 +352,8 @@ def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]
 def eval_knn_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
-    train: Optional[Path] = typer.Option(None, "--train", help="Labelled shard set: the k-NN bank."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Labelled shard set: the queries."),
+    train: Optional[str] = typer.Option(None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank."),
+    val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set (folder or s3://…): the queries."),
     which: str = typer.Option("teacher", "--which", help="teacher (DINO protocol) or student."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
     k: Optional[list[int]] = typer.Option(None, "--k", help="Neighbours; repeat for several (default 10 20 100 200)."),
@@ -349,7 +374,7 @@ def eval_knn_cmd(
 
     check_outputs({"--output": output}, {"--save-features": save_features})
     result = evaluate_knn(
-        checkpoint, train, val, which=which, random_init=random_init, ks=tuple(k) if k else None,
+        checkpoint, train and _local_shardset(train), val and _local_shardset(val), which=which, random_init=random_init, ks=tuple(k) if k else None,
         temperature=temperature, save_features=save_features, load_features=load_features,
         overrides=_eval_overrides(overrides, **{"data.eval_resize": resize, "data.eval_crop": crop, "eval.batch_size": batch_size}),
         gpus=_eval_gpus(gpus), procs=procs)
@@ -376,8 +401,8 @@ def eval_knn_cmd(
 def eval_linear_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
-    train: Path = typer.Option(..., "--train", help="Labelled shard set to train the classifier on."),
-    val: Path = typer.Option(..., "--val", help="Labelled shard set to report top-1/top-5 on."),
+    train: str = typer.Option(..., "--train", help="Labelled shard set (folder or s3://…) to train the classifier on."),
+    val: str = typer.Option(..., "--val", help="Labelled shard set (folder or s3://…) to report top-1/top-5 on."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."),
     which: str = typer.Option("teacher", "--which", help="teacher or student."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
@@ -401,7 +426,7 @@ def eval_linear_cmd(
             "eval.linear_n_last_blocks": n_last_blocks,
             "eval.linear_avgpool_patchtokens": None if avgpool is None else str(avgpool).lower(),
             "data.eval_resize": resize, "data.eval_crop": crop}
-    result = evaluate_linear(checkpoint, train, val, out_dir, which=which, random_init=random_init,
+    result = evaluate_linear(checkpoint, _local_shardset(train), _local_shardset(val), out_dir, which=which, random_init=random_init,
                              overrides=_eval_overrides(overrides, **opts), gpus=_eval_gpus(gpus), procs=procs)
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"

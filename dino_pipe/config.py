@@ -59,6 +59,10 @@ class DataConfig:
     contrast_center: str = "mean"  # mean (torchvision: the view's mean grey) | 128 (DALI color_twist, one pass)
     interp: str = "gaussian"  # crop resize filter: gaussian (shrink; cubic enlarge; ~PIL bicubic, cheaper) | cubic (= PIL bicubic) | linear
     seed: int = 0
+    # s3:// shard sets are fetched whole (one GET per tar / idx, sha256-checked) into a local cache first
+    cache_dir: str = ""  # shard cache folder; "" = $DINO_PIPE_CACHE or ~/.cache/dino-pipe
+    cache_gb: float = 0.0  # most GB the shard cache may hold (LRU sets evicted); 0 = $DINO_PIPE_CACHE_GB or 200
+    fetch_threads: int = 0  # parallel shard downloads; 0 = $DINO_PIPE_FETCH_THREADS or 8
 
 
 @dataclass

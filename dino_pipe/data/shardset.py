@@ -158,8 +158,11 @@ def open_shardset(path: str | Path, check: bool = True, part: tuple[int, int] = 
     """Read and check the shard set in ``path``; raise one-line :class:`UserError` on any defect.
 
     ``check``: also the content check (sha256 vs manifest, labels in range; see the module docstring), of
-    this process's ``part=(rank, world_size)`` of the shards."""
-    root = Path(path)
+    this process's ``part=(rank, world_size)`` of the shards. ``s3://bucket/prefix`` is first fetched into
+    the shard cache (:mod:`dino_pipe.storage.cache`)."""
+    from dino_pipe.storage.cache import resolve_shardset
+
+    root = resolve_shardset(path)
     manifest = read_manifest(root)
     entries = manifest["shards"]
     if not entries or int(manifest["num_samples"]) <= 0:

@@ -41,6 +41,7 @@ from dino_pipe.shards.manifest import FORMAT, VERSION, save_manifest
 from dino_pipe.shards.outdir import OutputState, check_creatable, fingerprint, inspect_output, prepare_output
 from dino_pipe.shards.plan import plan_shards
 from dino_pipe.shards.tar import TarShardWriter
+from dino_pipe.storage.url import is_remote, refuse_url
 
 
 def default_workers() -> int:
@@ -262,23 +263,30 @@ def _progress(progress: bool):
 
 
 def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, state: OutputState,
-                    options: ShardOptions, force: bool = False, progress: bool = True) -> dict:
-    """Shard one split into ``folder`` (resuming ``state``); returns a summary of the set."""
+                    options: ShardOptions, force: bool = False, progress: bool = True, remote=None) -> dict:
+    """Shard one split into ``folder`` (resuming ``state``); returns a summary of the set.
+
+    ``remote`` (a :class:`~dino_pipe.shards.remote.RemoteOutput`): ``folder`` is only staging; each
+    finished shard is uploaded (and removed locally) and the manifest goes to the store.
+    """
     label = split.name or "all"
+    shown = remote.url if remote is not None else folder
     if state.mode == "up_to_date":
         m = state.manifest
-        return _summary(m, folder, label, seconds=0.0, processed=0, resumed=len(m["shards"]), status="up to date")
+        return _summary(m, shown, label, seconds=0.0, processed=0, resumed=len(m["shards"]), status="up to date")
     prepare_output(folder, force)
     workers = options.workers or default_workers()
     plan = plan_shards(split.sizes, options.seed, options.shard_samples, int(options.shard_mb * 1e6))
     records: dict[int, dict] = {}
     if state.mode == "resume":
         for r in state.records:
-            if 0 <= r["shard"] < len(plan) and journal.record_is_intact(folder, r):
+            if 0 <= r["shard"] < len(plan) and (remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)):
                 records[r["shard"]] = r
     header = {"fingerprint": fp, "source": source, "source_digest": split.digest, "options": options.output_options(),
               "dino_pipe_version": __version__}
     journal.write_journal(folder, header, [records[k] for k in sorted(records)])
+    if remote is not None:
+        remote.start(header, force)
     resumed = len(records)
     todo = [number for number in range(len(plan)) if number not in records]
 
@@ -294,6 +302,8 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
         bar_task = bar.add_task(f"shard {label}", total=len(split), completed=base)
 
         def on_record(record: dict) -> None:
+            if remote is not None:
+                remote.publish(record)
             journal.append_record(folder, record)
             records[record["shard"]] = record
 
@@ -305,12 +315,16 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
         except OSError as e:  # disk full, folder removed under us, ...
             raise UserError(f"cannot write shards to {folder}: {e.strerror or e}; rerun to resume") from None
     manifest = build_manifest(split, source, fp, options, [records[k] for k in sorted(records)])
-    make_durable(folder, [name for s in manifest["shards"] for name in (s["file"], s["index"])])
-    seconds = time.perf_counter() - start
-    save_manifest(folder, manifest)
+    if remote is not None:
+        remote.finish(manifest)
+        seconds = time.perf_counter() - start
+    else:
+        make_durable(folder, [name for s in manifest["shards"] for name in (s["file"], s["index"])])
+        seconds = time.perf_counter() - start
+        save_manifest(folder, manifest)
     journal.remove_journal(folder)
     status = f"resumed ({resumed} shards kept)" if resumed else "written"
-    return _summary(manifest, folder, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status)
+    return _summary(manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status)
 
 
 def make_durable(folder: Path, names: list[str]) -> None:
@@ -398,7 +412,10 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
     """
     options = options or ShardOptions()
     options.validate()
+    refuse_url(src, "SRC")
     src_path = Path(src)
+    if out is not None and is_remote(out):
+        return _shard_tree_to_store(src_path, str(out), options, force, progress)
     out_path = Path(out) if out is not None else Path("shards") / src_path.resolve().name
     if src_path.exists() and out_path.resolve() == src_path.resolve():
         raise UserError(f"--out {out_path} is the source folder itself; choose another folder")
@@ -411,5 +428,62 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
         fp = fingerprint(source, split, options)
         jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
     sets = [write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs]
-    layout = options.layout if options.layout != "auto" else ("imagenet" if splits[0].name else ("imagefolder" if splits[0].labels is not None else "unlabeled"))
-    return {"source": source, "out": str(out_path), "layout": layout, "sets": sets}
+    return {"source": source, "out": str(out_path), "layout": _layout_name(options, splits), "sets": sets}
+
+
+def _layout_name(options: ShardOptions, splits: list[SourceSplit]) -> str:
+    if options.layout != "auto":
+        return options.layout
+    return "imagenet" if splits[0].name else ("imagefolder" if splits[0].labels is not None else "unlabeled")
+
+
+def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force: bool, progress: bool) -> dict:
+    """``shard_tree`` with ``out`` = ``s3://bucket/prefix`` (see :mod:`dino_pipe.shards.remote`)."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    from dino_pipe.shards.remote import RemoteOutput
+    from dino_pipe.storage.cache import CacheSettings
+    from dino_pipe.storage.s3 import open_store
+    from dino_pipe.storage.url import parse_s3
+
+    url = parse_s3(out)
+    store = open_store(url)  # fails early (credentials, bucket, endpoint) before walking the tree
+    splits = find_splits(src_path, options.layout)
+    source = str(src_path.resolve())
+    staging_root = CacheSettings.resolve().folder / "staging"
+    try:
+        staging_root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(staging_root)
+        staging = Path(tempfile.mkdtemp(prefix="shard-", dir=staging_root))
+        lock = open(staging / ".lock", "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while this run lives (a kill -9 releases it)
+    except OSError as e:
+        raise UserError(f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE") from None
+    try:
+        jobs = []
+        for split in splits:  # check every destination before writing anything
+            remote = RemoteOutput(store, url.child(split.name) if split.name else url, staging / (split.name or "all"))
+            fp = fingerprint(source, split, options)
+            jobs.append((split, remote, fp, remote.inspect(fp, source, split, options, force)))
+        sets = [write_shard_set(split, remote.staging, source, fp, state, options, force, progress, remote=remote)
+                for split, remote, fp, state in jobs]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        lock.close()
+    return {"source": source, "out": str(url), "layout": _layout_name(options, splits), "sets": sets}
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Delete staging folders of killed ``shard --out s3://`` runs (their lock is no longer held)."""
+    import fcntl
+    import shutil
+
+    for d in root.glob("shard-*"):
+        try:
+            with open(d / ".lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue  # a live run holds it

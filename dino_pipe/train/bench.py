@@ -67,7 +67,7 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
                 gpus: int | None = None, progress: bool = True) -> dict:
     """Measure the training step on synthetic tensors and (when ``data`` is given) on real shards."""
     from dino_pipe.data.synthetic import SyntheticViewLoader
-    from dino_pipe.train.loop import check_data, make_loader
+    from dino_pipe.train.loop import check_data, local_data, make_loader
 
     if gpus is None:
         gpus = 1 if torch.cuda.is_available() else 0
@@ -85,6 +85,7 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
     synth = SyntheticViewLoader(cfg.data, num_samples=n, device=device, fixed=True)
     result["synthetic"] = _measure(cfg, env, synth, steps, warmup, "synthetic", progress)
     if data is not None:
+        data = local_data(data, cfg, progress)
         check_data(data)
         loader = make_loader(data, cfg, env)
         if len(loader) < 1:

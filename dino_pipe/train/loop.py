@@ -17,6 +17,7 @@ and the last good checkpoint; no checkpoint or summary is written after it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,18 @@ def parse_synthetic(data: str | Path) -> int | None:
         except ValueError:
             raise UserError(f"--data {s}: expected synthetic:NUMBER_OF_SAMPLES") from None
     return None
+
+
+def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Path:
+    """``s3://…``: fetch the set into the shard cache (``cfg.data.cache_*``) and return that folder;
+    anything else unchanged. Training then reads local files only (no network during an epoch)."""
+    from dino_pipe.storage.url import is_remote
+
+    if parse_synthetic(data) is not None or not is_remote(data):
+        return data
+    from dino_pipe.storage.cache import CacheSettings, fetch_shardset
+
+    return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
 
 
 def check_data(data: str | Path) -> None:
@@ -107,6 +120,7 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     multi-task SLURM step this process joins the job as launched. Rerunning on the same ``output``
     resumes from its newest checkpoint. Returns the summary (also written to ``output/summary.json``).
     """
+    data = local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0)
     check_data(data)
     output = Path(output)
     check_run_dir(output)

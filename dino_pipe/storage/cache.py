@@ -1,0 +1,226 @@
+"""A bounded local cache of remote shard sets: whole shards fetched ahead of the reader.
+
+:func:`fetch_shardset` turns ``s3://bucket/prefix`` into a local folder
+``<cache>/s3/<bucket>/<prefix>/`` holding the same ``manifest.json``, tars and ``.idx`` files, which
+DALI's webdataset reader then reads like any local shard set. Why whole shards and not DALI's own
+``s3://`` reader: DALI sends one ranged GET per sample component (plus a HEAD per object), so
+requests (and the bill, and throttling) grow with samples; here each tar and each index is one GET,
+fetched by ``threads`` downloads in parallel, so the first epoch is limited by bandwidth, and later
+epochs read local disk.
+
+* **sha256**: every tar is hashed while it streams in and must match the manifest, else one
+  UserError line and nothing is kept. A cached shard is trusted when its size and the sha256 it was
+  checked against (a ``.<tar>.sha256`` marker written last) still match the manifest; a changed
+  manifest refetches exactly the shards that changed.
+* **bounds**: downloads stream in 1 MiB chunks (memory ~ ``threads`` MiB); the cache folder holds at
+  most ``max_bytes``: least recently used *other* sets are evicted first, and a set larger than the
+  bound is refused with one line (the reader needs every shard of the set on local disk; training
+  rotates shards between ranks, so each rank reads the whole set).
+* **atomic**: files are renamed into place only once complete and checked, so a killed fetch leaves
+  no shard that looks finished; rerunning fetches only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from dino_pipe.atomic import _UMASK, atomic_write_bytes, atomic_write_text
+from dino_pipe.errors import UserError
+from dino_pipe.shards.manifest import MANIFEST_NAME, read_manifest_file
+from dino_pipe.storage.s3 import S3Store, open_store
+from dino_pipe.storage.url import S3Url, parse_s3
+
+USED_MARKER = ".dino-pipe-cache-used"
+DEFAULT_GB = 200.0
+DEFAULT_THREADS = 8
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where remote shard sets are cached, how many bytes the cache may hold, parallel downloads."""
+
+    folder: Path
+    max_bytes: int
+    threads: int
+
+    @classmethod
+    def resolve(cls, folder: str = "", gb: float = 0.0, threads: int = 0) -> "CacheSettings":
+        """Config values win; empty/0 fall back to ``DINO_PIPE_CACHE``, ``DINO_PIPE_CACHE_GB``,
+        ``DINO_PIPE_FETCH_THREADS``, then ``~/.cache/dino-pipe``, 200 GB, 8 threads."""
+        env = os.environ
+        folder = folder or env.get("DINO_PIPE_CACHE") or str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-pipe")
+        try:
+            gb = float(gb or env.get("DINO_PIPE_CACHE_GB") or DEFAULT_GB)
+            threads = int(threads or env.get("DINO_PIPE_FETCH_THREADS") or DEFAULT_THREADS)
+        except ValueError:
+            raise UserError("DINO_PIPE_CACHE_GB / DINO_PIPE_FETCH_THREADS must be numbers") from None
+        if gb <= 0 or threads < 1:
+            raise UserError("data.cache_gb must be > 0 and data.fetch_threads >= 1")
+        return cls(Path(folder).expanduser(), int(gb * 1e9), threads)
+
+    @classmethod
+    def from_config(cls, data_cfg) -> "CacheSettings":
+        return cls.resolve(getattr(data_cfg, "cache_dir", ""), getattr(data_cfg, "cache_gb", 0.0),
+                           getattr(data_cfg, "fetch_threads", 0))
+
+
+def cache_folder(settings: CacheSettings, url: S3Url) -> Path:
+    return settings.folder / "s3" / url.bucket / url.prefix
+
+
+def _marker(folder: Path, file: str) -> Path:
+    return folder / f".{file}.sha256"
+
+
+def is_cached(folder: Path, entry: dict) -> bool:
+    """The shard of manifest ``entry`` is in ``folder``, complete and checked against its sha256."""
+    tar, idx, marker = folder / entry["file"], folder / entry["index"], _marker(folder, entry["file"])
+    try:
+        return (tar.stat().st_size == int(entry["bytes"]) and idx.is_file()
+                and marker.read_text().strip() == entry["sha256"])
+    except OSError:
+        return False
+
+
+def _set_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+
+
+def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
+    """Delete least recently used cached sets (never ``keep``) until ``need`` more bytes fit."""
+    sets = sorted((m.stat().st_mtime, m.parent) for m in (settings.folder / "s3").rglob(USED_MARKER) if m.parent != keep)
+    used = _set_bytes(keep) + sum(_set_bytes(f) for _, f in sets)
+    evicted = []
+    for _, folder in sets:
+        if used + need <= settings.max_bytes:
+            break
+        used -= _set_bytes(folder)
+        for p in folder.iterdir():
+            if p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        evicted.append(folder)
+    return evicted
+
+
+def _download_checked(store: S3Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
+        with os.fdopen(fd, "w+b") as f:
+            n, digest = store.download(key, f)
+        if size is not None and n != size:
+            raise UserError(f"{what}: {dest.name} in the store has {n} bytes, manifest.json says {size} "
+                            "(replaced or truncated in the store); re-shard or re-upload the set")
+        if sha256 is not None and digest != sha256:
+            raise UserError(f"{what}: {dest.name} in the store does not match its sha256 in manifest.json "
+                            f"({digest[:12]}… vs {sha256[:12]}…; corrupted or replaced); re-shard or re-upload the set")
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fetch_shard(store: S3Store, url: S3Url, folder: Path, entry: dict) -> int:
+    """Fetch one shard (tar, then index; one GET each), checked; returns the bytes fetched."""
+    with contextlib.suppress(FileNotFoundError):
+        _marker(folder, entry["file"]).unlink()
+    _download_checked(store, url.key(entry["file"]), folder / entry["file"], entry["sha256"], int(entry["bytes"]), str(url))
+    _download_checked(store, url.key(entry["index"]), folder / entry["index"], None, None, str(url))
+    atomic_write_text(_marker(folder, entry["file"]), entry["sha256"] + "\n")
+    return int(entry["bytes"])
+
+
+def read_remote_manifest(store: S3Store, url: S3Url) -> bytes:
+    """The raw ``manifest.json`` of the set at ``url``; one line naming what is there instead."""
+    raw = store.get_bytes(url.key(MANIFEST_NAME))
+    if raw is not None:
+        return raw
+    files, dirs = store.list_folder(url)
+    subsets = [d for d in dirs if store.head(url.child(d).key(MANIFEST_NAME)) is not None]
+    if subsets:
+        raise UserError(f"{url} holds shard sets {', '.join(subsets)}; give one of them (e.g. {url.child(subsets[0])})")
+    if any(d.startswith(".dino-pipe-shard-journal") for d in dirs):
+        raise UserError(f"{url} has no {MANIFEST_NAME} (an interrupted 'dino-pipe shard' run: rerun it to finish)")
+    raise UserError(f"{url} has no {MANIFEST_NAME}: check the URL, or write a set there with 'dino-pipe shard SRC --out {url}'")
+
+
+def fetch_shardset(location: str, settings: CacheSettings | None = None, progress: bool = False) -> Path:
+    """The local cache folder holding the complete, sha256-checked shard set at ``location``."""
+    url = parse_s3(location)
+    settings = settings or CacheSettings.resolve()
+    store = open_store(url)
+    raw = read_remote_manifest(store, url)
+    folder = cache_folder(settings, url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the shard cache {folder}: {e.strerror or e}; set data.cache_dir or DINO_PIPE_CACHE") from None
+    staged = folder / f".{MANIFEST_NAME}.{os.getpid()}.remote"
+    atomic_write_bytes(staged, raw)
+    try:
+        manifest = read_manifest_file(staged)
+    except UserError as e:
+        raise UserError(str(e).replace(str(staged), f"{url}/{MANIFEST_NAME}")) from None
+    entries = manifest["shards"]
+    total = sum(int(e["bytes"]) for e in entries)
+    if total > settings.max_bytes:
+        raise UserError(f"shard set {url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
+                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
+    with _locked(folder):  # ranks of one node sharing the cache: one fetches, the others then find it done
+        (folder / USED_MARKER).touch()
+        todo = [e for e in entries if not is_cached(folder, e)]
+        if todo:
+            evict(settings, keep=folder, need=sum(int(e["bytes"]) for e in todo))
+            _fetch_all(store, url, folder, todo, settings.threads, progress)
+        os.replace(staged, folder / MANIFEST_NAME)
+        listed = {n for e in entries for n in (e["file"], e["index"], _marker(folder, e["file"]).name)}
+        for p in folder.iterdir():  # shards of an older version of the set, temp files of killed fetches
+            if p.is_file() and p.name not in listed and p.name.endswith((".tar", ".idx", ".sha256", ".fetch")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    return folder
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive ``flock`` on ``folder/.lock`` (released when the process dies, even by kill -9)."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fetch_all(store: S3Store, url: S3Url, folder: Path, todo: list[dict], threads: int, progress: bool) -> None:
+    from dino_pipe.progress import make_progress
+
+    with make_progress("MB", disable=not progress) as bar, ThreadPoolExecutor(max_workers=threads) as pool:
+        task = bar.add_task(f"fetch {url}", total=sum(int(e["bytes"]) for e in todo) / 1e6)
+        futures = {pool.submit(fetch_shard, store, url, folder, e) for e in todo}
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for f in done:
+                if f.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise f.exception()
+                bar.update(task, advance=f.result() / 1e6)
+
+
+def resolve_shardset(location: str | os.PathLike, settings: CacheSettings | None = None, progress: bool = False) -> Path:
+    """A local folder for ``location``: itself when local, the filled cache folder for ``s3://``."""
+    from dino_pipe.storage.url import is_remote
+
+    if is_remote(location):
+        return fetch_shardset(str(location), settings, progress)
+    return Path(location)

@@ -145,7 +145,7 @@ def make_ours(args, device, precision):
     counter = {"i": 0}
 
     def step(views):
-        trainer.step(views, counter["i"])
+        trainer.step(views, counter["i"], sync=False)  # as training's non-logging steps
         counter["i"] += 1
 
     return step

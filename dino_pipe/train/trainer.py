@@ -79,7 +79,7 @@ class DINOTrainer:
 
         torch.manual_seed(cfg.train.seed)  # same init on every rank (teacher == student everywhere)
         student, teacher = create_student_teacher(cfg.model)
-        if env.world_size > 1 and env.device == "cuda" and _has_batchnorm(student):
+        if uses_sync_batchnorm(env) and _has_batchnorm(student):
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         self.student: DINOModel = student.to(self.device)
@@ -192,6 +192,12 @@ class DINOTrainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.center.copy_(state["center"].to(self.device))
+
+
+def uses_sync_batchnorm(env: DistEnv) -> bool:
+    """BatchNorm layers (ResNet, ``model.use_bn_in_head``) become SyncBatchNorm across GPU ranks, as the
+    reference; torch's SyncBatchNorm has no CPU kernel, so gloo CPU ranks keep per-rank statistics."""
+    return env.world_size > 1 and env.device == "cuda"
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -61,3 +61,18 @@ def test_the_old_verify_graph_is_refused_at_definition():
 
     with pytest.raises(RuntimeError, match="transition from GPU to CPU"):
         old()
+
+
+def test_decoder_memory_at_dali_defaults_and_gpu_threads_capped(tiny_shardset, monkeypatch):
+    """nvJPEG pools are not pre-sized for ImageNet's largest JPEG per thread (GBs at every build): DALI's
+    defaults grow them on demand; automatic thread counts stop at GPU_MAX_THREADS per GPU pipeline."""
+    from dino_pipe.data import loader as loader_mod
+
+    graph = ViewLoader(tiny_shardset, DataConfig(**SMALL)).definition("gpu")
+    for arg in (b"device_memory_padding", b"host_memory_padding", b"preallocate_width_hint"):
+        assert arg not in graph
+    assert b"hw_decoder_load" in graph  # explicit arguments do appear in the serialized graph
+    monkeypatch.setattr(loader_mod, "available_cores", lambda: 64)
+    assert loader_mod.default_threads(DataConfig(), 1, "gpu") == loader_mod.GPU_MAX_THREADS
+    assert loader_mod.default_threads(DataConfig(), 2, "cpu") == 32
+    assert loader_mod.default_threads(DataConfig(threads=12), 1, "gpu") == 12

@@ -56,7 +56,7 @@ def plan(device: str, quick: bool, cores: int) -> dict:
                        "bench_train_reference": 35, "train_resume": 105, "knn": 35},
             "tests": ["-m", "gpu", "tests"],
             "loader": ["--device", "cuda", "--batch-size", "128", "--threads", str(cores), "--n-local", "10",
-                       "--steps", "15", "--warmup", "4", "--rounds", "2"],
+                       "--steps", "12", "--warmup", "3", "--rounds", "2"],
             "bench_train": ["--batch-size", "64", "--steps", "25", "--warmup", "8", "--gpus", "1"],
             "reference": ["--batch-size", "64", "--steps", "15", "--warmup", "5", "--ours", "bf16"],
             "train": ["--config", "configs/vit_small_imagenet.yaml", "--gpus", "1", "train.max_steps=200",

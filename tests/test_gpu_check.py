@@ -117,3 +117,17 @@ def test_cpu_rehearsal_of_every_stage(tmp_path):
     assert 0 <= f["knn"]["k5.top1"] <= 100
     for name in stages:
         assert (out / f"{name}.json").is_file() and (out / f"{name}.log").is_file()
+
+
+def test_gpu_plan_fits_six_minutes_and_its_settings_load():
+    from dino_pipe.config import load_config
+
+    p = gpu_check.plan("cuda", quick=False, cores=16)
+    assert p["budget_s"] <= 350 and all(v <= 110 for v in p["limits"].values())
+    config = p["train"][p["train"].index("--config") + 1]
+    overrides = [a for a in p["train"] if "=" in a]
+    cfg = load_config(ROOT / config, overrides)
+    steps_per_epoch = p["train_images"] // cfg.data.batch_size
+    assert cfg.train.epochs * steps_per_epoch >= cfg.train.max_steps >= 150  # a few hundred steps, all in the schedule
+    assert cfg.train.checkpoint_every_steps < p["kill_after_step"] < cfg.train.max_steps
+    assert p["kill_after_step"] % cfg.train.log_every_steps == 0

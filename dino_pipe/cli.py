@@ -255,7 +255,7 @@ def bench_loader_cmd(
     if device not in ("cpu", "gpu", "cuda"):
         raise UserError(f"--device {device}: use cpu or gpu")
     check_outputs({"--json": json_path})
-    threads = threads or default_threads(DataConfig(), 1)
+    threads = threads or default_threads(DataConfig(), 1, "gpu" if device in ("gpu", "cuda") else "cpu")
     if interp not in ("gaussian", "cubic", "linear"):
         raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
     result = bench_loader(_local_shardset(shardset), DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",

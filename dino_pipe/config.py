@@ -52,7 +52,7 @@ class DataConfig:
     eval_resize: int = 256
     eval_crop: int = 224
     output_dtype: str = "float32"  # float32 | bfloat16 | float16 (half types on GPU only)
-    threads: int = 0  # DALI CPU threads; 0 = cores available / processes on this node
+    threads: int = 0  # DALI CPU threads; 0 = cores available / processes on this node (at most 8 per GPU pipeline)
     prefetch: int = 2
     hw_decoder_load: float = 0.65
     shuffle_buffer: int = 1024  # samples in the reader's shuffle buffer (per rank; JPEG bytes held in memory)

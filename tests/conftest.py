@@ -59,16 +59,20 @@ def image_tree(tmp_path, photos) -> Path:
 
 
 def write_minimal_shardset(out: Path, samples: list[tuple[str, bytes, int | None]], per_shard: int, classes: list[str]) -> Path:
-    """A shard set in the dino-pipe layout, written with webdataset's TarWriter + DALI's index format.
+    """A shard set in the dino-pipe layout, written with webdataset's TarWriter + DALI's index format
+    (``.idx`` written by dino-pipe's own index writer, which ``tests/test_shards_format.py`` checks
+    against DALI's ``wds2idx``; no console script needed, so this works where DALI is installed with
+    ``pip --target``).
 
     Layout (the contract between the shards and data rooms): ``out/shard-000000.tar`` (+ ``.idx``),
     ... and ``out/manifest.json`` with ``num_samples``, ``classes`` and ``shards`` entries.
     """
     import hashlib
-    import subprocess
-    import sys
 
     import webdataset as wds
+
+    from dino_pipe.shards.index import format_index, group_samples
+    from dino_pipe.shards.tar import read_members
 
     out.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -81,8 +85,8 @@ def write_minimal_shardset(out: Path, samples: list[tuple[str, bytes, int | None
                     rec["cls"] = str(label).encode()
                 w.write(rec)
         idx = name.replace(".tar", ".idx")
-        wds2idx = Path(sys.executable).parent / "wds2idx"
-        subprocess.run([str(wds2idx), str(out / name), str(out / idx)], check=True, capture_output=True)
+        with open(out / name, "rb") as f:
+            (out / idx).write_text(format_index(group_samples(read_members(f, (out / name).stat().st_size))))
         data = (out / name).read_bytes()
         shards.append({"file": name, "index": idx, "samples": len(samples[s : s + per_shard]),
                        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})

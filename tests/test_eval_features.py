@@ -110,3 +110,24 @@ def test_gpu_pipeline_gives_nearly_the_cpu_answer(tiny_run, tiny_shardset):
     assert gpu["device"] == "cuda"
     for a, b in zip(cpu["results"], gpu["results"]):
         assert abs(a["top1"] - b["top1"]) <= 2 * 100 / 96
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_loader_output_feeds_an_fp32_model(half):
+    """A run trained with data.output_dtype=bfloat16|float16 hands half images to the fp32 eval backbone
+    (k-NN and linear-probe features): they are cast at the model boundary instead of crashing."""
+    import timm
+
+    from dino_pipe.eval.features import cls_features, extract_features
+    from dino_pipe.eval.linear import ProbeFeatures
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=0).eval()
+    images = torch.randn(6, 3, 32, 32).to(half)
+    batches = [(images, torch.arange(6), torch.arange(6))]
+    for model, fn in ((vit, cls_features), (ProbeFeatures(vit, 2, False), lambda m, x: m(x))):
+        with pytest.raises(RuntimeError):  # what reached the model before: half input, fp32 weights
+            fn(model, images)
+        got = extract_features(model, batches, WorkerContext(), num_samples=6, feature_fn=fn, dtype=torch.float32)
+        want = fn(model, images.float())
+        assert torch.equal(got.features, want)

@@ -18,7 +18,7 @@ from dino_pipe.shards.manifest import load_manifest
 from dino_pipe.shards.plan import SAMPLE_OVERHEAD, plan_shards
 from dino_pipe.shards.tar import TarFormatError, TarShardWriter, member_header, read_members
 
-WDS2IDX = Path(sys.executable).parent / "wds2idx"
+WDS2IDX = [sys.executable, "-m", "wds2idx"]  # DALI's own index tool (works without its console script)
 
 
 @pytest.mark.parametrize("name,size", [("a.jpg", 0), ("class_01__img_00001.jpg", 123456), ("k" * 96 + ".cls", 8**11 - 1)])
@@ -58,7 +58,7 @@ def test_index_equals_wds2idx_output(tmp_path):
     samples = [(f"class_{i % 3:02d}__img_{i:05d}", bytes([i]) * (100 + 37 * i), str(i % 3).encode()) for i in range(25)]
     members = _write_tar(tmp_path / "s.tar", samples)
     ours = format_index(group_samples(members))
-    subprocess.run([str(WDS2IDX), str(tmp_path / "s.tar"), str(tmp_path / "s.idx")], check=True, capture_output=True)
+    subprocess.run([*WDS2IDX, str(tmp_path / "s.tar"), str(tmp_path / "s.idx")], check=True, capture_output=True)
     assert ours == (tmp_path / "s.idx").read_text()
     assert parse_index(ours) == group_samples(members)
 

@@ -161,3 +161,59 @@ def test_cli_user_errors_are_one_line(tmp_path, tiny_shardset):
         assert res.exit_code != 0, (args, text)
         assert needle in text, (args, text)
         assert "Traceback" not in text and text.strip().count("\n") <= 2, text
+
+
+def test_steps_between_logs_run_without_sync_and_still_resume_exactly(tmp_path, monkeypatch):
+    """log every 4 steps: the steps between call DINOTrainer.step(sync=False); stop + resume = straight run."""
+    from dino_pipe.train.trainer import DINOTrainer
+
+    syncs = []
+    real_step = DINOTrainer.step
+
+    def spy(self, views, step, *, sync=True):
+        syncs.append((step + 1, sync))
+        return real_step(self, views, step, sync=sync)
+
+    monkeypatch.setattr(DINOTrainer, "step", spy)
+    base = ["train.epochs=2", "train.log_every_steps=4", "train.collapse_check_every_steps=4",
+            "train.checkpoint_every_steps=0", "model.drop_path=0.1"]
+    train(tiny_cfg(*base, "train.max_steps=10"), "synthetic:32", tmp_path / "a", gpus=0, progress=False)
+    assert [n for n, s in syncs if s] == [4, 8, 10]  # 8 is also the epoch end (8 steps per epoch)
+    train(tiny_cfg(*base, "train.max_steps=6"), "synthetic:32", tmp_path / "b", gpus=0, progress=False)
+    train(tiny_cfg(*base, "train.max_steps=10"), "synthetic:32", tmp_path / "b", gpus=0, progress=False)
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for part in ("student", "teacher"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), k
+    assert torch.equal(a["center"], b["center"])
+    la = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")}
+    lb = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")}
+    assert sorted(la) == [4, 8, 10] and sorted(lb) == [4, 6, 8, 10]  # b also logged its stop at step 6
+    assert all(la[k] == lb[k] for k in la)
+
+
+def test_nonfinite_loss_between_logs_is_caught_before_the_next_checkpoint(tmp_path, monkeypatch):
+    from dino_pipe.models import DINOModel
+
+    cfg = tiny_cfg("train.epochs=1", "train.log_every_steps=4", "train.collapse_check_every_steps=4",
+                   "train.checkpoint_every_steps=4")
+    real_forward = DINOModel.forward
+    calls = {"student": 0}
+
+    def poisoned(self, views):
+        out = real_forward(self, views)
+        if len(views) > 2:
+            calls["student"] += 1
+            if calls["student"] == 5:  # step 5 runs without a sync; step 8 is the next sync step
+                out = out * float("inf")
+        return out
+
+    monkeypatch.setattr(DINOModel, "forward", poisoned)
+    with pytest.raises(UserError) as e:
+        train(cfg, "synthetic:32", tmp_path, gpus=0, progress=False)
+    msg = str(e.value)
+    assert "at step 5" in msg and "step-00000004.pt" in msg, msg
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004.pt"]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [4]
+    assert not (tmp_path / "summary.json").exists()
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path)["student"].values())

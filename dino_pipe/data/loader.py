@@ -1,8 +1,10 @@
 """PyTorch-facing iterators over the DALI graphs: :class:`ViewLoader` (training) and :class:`EvalLoader`.
 
-Both run one DALI pipeline per process (rank) and hand out ``torch.Tensor`` batches (copied out of
-DALI's buffers with ``nvidia.dali.plugin.pytorch.feed_ndarray``, on the current CUDA stream for the
-GPU graph).
+Both run one DALI pipeline per process (rank) and hand out ``torch.Tensor`` batches. On the GPU the
+view tensors are DALI's own output buffers handed to torch through DLPack on the current CUDA
+stream (DALI's dynamic executor makes the stream wait for the pipeline's work; no copy and no
+host wait), as DALI's PyTorch iterator does; on the CPU they are copied out with
+``nvidia.dali.plugin.pytorch.feed_ndarray``.
 
 Epochs. The reader pads every rank's shard to ``P = ceil(ceil(N / world) / B)`` batches per epoch
 (padding repeats a sample at the *end* of the epoch, see :func:`dino_pipe.data.graph.read_shards`),
@@ -61,11 +63,18 @@ def _device_kind(device: str) -> str:
     return "cpu"
 
 
-def default_threads(cfg: DataConfig, local_world_size: int) -> int:
-    """``cfg.threads`` or, when 0, the cores this process may use divided by the processes on this node."""
+#: automatic DALI CPU threads per GPU pipeline at most: the GPU graph's CPU work is reading, shape
+#: peeking, random draws and the host share of nvJPEG; each thread also holds its own pinned pool
+GPU_MAX_THREADS = 8
+
+
+def default_threads(cfg: DataConfig, local_world_size: int, kind: str = "cpu") -> int:
+    """``cfg.threads`` or, when 0, the cores this process may use divided by the processes on this
+    node (at most :data:`GPU_MAX_THREADS` for the GPU graph)."""
     if cfg.threads > 0:
         return cfg.threads
-    return max(1, available_cores() // max(1, local_world_size))
+    n = max(1, available_cores() // max(1, local_world_size))
+    return min(n, GPU_MAX_THREADS) if kind == "gpu" else n
 
 
 def _local_procs(world_size: int, kind: str, local_world_size: int | None) -> int:
@@ -86,6 +95,10 @@ class _DaliRunner:
         self.pipe = None
         self.torch_device = torch.device(f"cuda:{device_id}") if kind == "gpu" else torch.device("cpu")
 
+    def pipeline_id(self, kind: str | None = None) -> int | None:
+        """``device_id`` for the pipeline: this runner's GPU, or None for the CPU graph."""
+        return self.device_id if (kind or self.kind) == "gpu" else None
+
     def build(self, make, checkpoint: bytes | None = None) -> None:
         self.close()
         with dali_errors(self.shards):
@@ -103,13 +116,20 @@ class _DaliRunner:
             self.pipe = None
 
     def to_torch(self, tl, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A dense DALI batch (TensorList) as a torch tensor on this runner's device."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+        """A dense DALI batch (TensorList) as a torch tensor on this runner's device.
 
+        GPU: zero-copy through DLPack; torch's current stream waits on DALI's (the dynamic
+        executor's outputs own their memory, which the tensor keeps alive). CPU: a copy.
+        """
         tensor = tl.as_tensor()
-        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.torch_device)
-        stream = torch.cuda.current_stream(self.torch_device) if self.kind == "gpu" else None
-        feed_ndarray(tensor, out, cuda_stream=stream)
+        if self.kind == "gpu":
+            with torch.cuda.device(self.torch_device):
+                out = torch.from_dlpack(tensor)
+        else:
+            from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+            out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.torch_device)
+            feed_ndarray(tensor, out)
         return out if dtype is None or dtype == out.dtype else out.to(dtype)
 
 
@@ -142,7 +162,7 @@ class _ShardSetLoader:
         self.kind = _device_kind(device)
         self.rank, self.world_size = rank, world_size
         self.batch_size = int(batch_size or cfg.batch_size)
-        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size))
+        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size), self.kind)
         self._dtype = dali_dtype(cfg.output_dtype, self.kind)
         self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
 
@@ -153,6 +173,14 @@ class _ShardSetLoader:
     @property
     def num_classes(self) -> int:
         return self.shards.num_classes
+
+    def definition(self, kind: str = "gpu") -> bytes:
+        """This loader's DALI graph defined for ``kind`` (``"gpu"``: mixed nvJPEG decode, GPU ops) and
+        serialized, without building it or touching CUDA: DALI checks every operator and argument
+        against its schema and refuses illegal device transitions, so this runs on any machine."""
+        dtype = dali_dtype(self.cfg.output_dtype, kind) if kind != self.kind else self._dtype
+        with dali_errors(self.shards):
+            return self._make(None, kind=kind, define_only=True, dtype=dtype).serialize()
 
 
 class ViewLoader(_ShardSetLoader):
@@ -197,14 +225,15 @@ class ViewLoader(_ShardSetLoader):
         return self.epoch * self._batches_per_epoch + self._step
 
     # -- pipeline -------------------------------------------------------------------------------
-    def _make(self, checkpoint: bytes | None):
+    def _make(self, checkpoint: bytes | None, *, kind: str | None = None, define_only: bool = False, dtype=None):
         cfg = self.cfg
+        kind = kind or self.kind
         return train_graph(
-            self.shards, self.specs, device=self.kind, shard_id=self.rank, num_shards=self.world_size,
+            self.shards, self.specs, device=kind, shard_id=self.rank, num_shards=self.world_size,
             run_seed=self.seed, shuffle_buffer=cfg.shuffle_buffer, hw_decoder_load=cfg.hw_decoder_load,
-            mean=cfg.mean, std=cfg.std, dtype=self._dtype, contrast_center=cfg.contrast_center, debug=self.debug,
-            batch_size=self.batch_size, num_threads=self.threads,
-            device_id=self._runner.device_id if self.kind == "gpu" else None,
+            mean=cfg.mean, std=cfg.std, dtype=dtype or self._dtype, contrast_center=cfg.contrast_center,
+            debug=self.debug, batch_size=self.batch_size, num_threads=self.threads,
+            device_id=None if define_only else self._runner.pipeline_id(kind),
             seed=op_seed(self.seed, "pipeline", self.rank), prefetch_queue_depth=cfg.prefetch, enable_checkpointing=True, checkpoint=checkpoint,
             exec_dynamic=True)
 
@@ -324,14 +353,15 @@ class EvalLoader(_ShardSetLoader):
     def __len__(self) -> int:
         return math.ceil(self.rank_samples / self.batch_size)
 
-    def _make(self, checkpoint: bytes | None):
+    def _make(self, checkpoint: bytes | None, *, kind: str | None = None, define_only: bool = False, dtype=None):
         cfg = self.cfg
+        kind = kind or self.kind
         return eval_graph(
-            self.shards, device=self.kind, shard_id=self.rank, num_shards=self.world_size,
+            self.shards, device=kind, shard_id=self.rank, num_shards=self.world_size,
             resize=cfg.eval_resize, crop=cfg.eval_crop, hw_decoder_load=cfg.hw_decoder_load,
-            mean=cfg.mean, std=cfg.std, dtype=self._dtype, batch_size=self.batch_size,
-            num_threads=self.threads, device_id=self._runner.device_id if self.kind == "gpu" else None,
-            seed=0, prefetch_queue_depth=cfg.prefetch)
+            mean=cfg.mean, std=cfg.std, dtype=dtype or self._dtype, batch_size=self.batch_size,
+            num_threads=self.threads, device_id=None if define_only else self._runner.pipeline_id(kind),
+            seed=0, prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
 
     def __iter__(self):
         if self._runner.pipe is None:

@@ -47,6 +47,14 @@ def cls_features(model: torch.nn.Module, images: Tensor) -> Tensor:
     return F.normalize(model(images).float(), dim=1)
 
 
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype ``model`` computes in (its first floating parameter's; float32 if none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 @torch.no_grad()
 def extract_features(
     model: torch.nn.Module,
@@ -62,15 +70,17 @@ def extract_features(
 
     Rows are stored in ``dtype`` on ``ctx.device`` in a buffer sized for this rank's share
     (``ceil(num_samples / world_size)`` rows, grown if a rank gets more), so extraction never
-    holds two copies of the features.
+    holds two copies of the features. Images are cast to the model's dtype at the boundary: a
+    loader with ``data.output_dtype=bfloat16|float16`` feeds an fp32 model.
     """
     capacity = math.ceil(num_samples / ctx.world_size) + 1
     feats: Tensor | None = None
     labels = torch.empty(capacity, dtype=torch.long)
     indices = torch.empty(capacity, dtype=torch.long)
     n = 0
+    model_dtype = input_dtype(model)
     for images, y, idx in batches:
-        out = feature_fn(model, images.to(ctx.device, non_blocking=True)).to(dtype)
+        out = feature_fn(model, images.to(ctx.device, model_dtype, non_blocking=True)).to(dtype)
         b = out.shape[0]
         if feats is None:
             feats = torch.empty(capacity, out.shape[1], dtype=dtype, device=ctx.device)

@@ -39,6 +39,7 @@ from torch import Tensor
 from dino_pipe.atomic import atomic_open, atomic_write_json
 from dino_pipe.config import Config, config_from_dict
 from dino_pipe.errors import UserError
+from dino_pipe.eval.features import input_dtype
 from dino_pipe.eval.inputs import checkpoint_facts, labelled_shardset, resolve_config
 from dino_pipe.eval.workers import WorkerContext, run_workers
 from dino_pipe.models.backbone import is_vit
@@ -262,7 +263,7 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
             for batch in train_loader:
                 if batch.labels is None:
                     raise UserError(f"shard set {job.train}: unlabeled; the linear probe needs class labels")
-                feats = probe(batch.views[0].to(ctx.device, torch.float32))
+                feats = probe(batch.views[0].to(ctx.device, input_dtype(probe)))
                 labels = batch.labels.to(ctx.device)
                 loss = F.cross_entropy(model(feats), labels)
                 optimizer.zero_grad(set_to_none=True)

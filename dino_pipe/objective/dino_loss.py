@@ -62,21 +62,20 @@ class DINOLoss(nn.Module):
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_s, batch, -1)  # [V, B, K]
         # cross[i, v] = mean_b -sum_k q[i,b,k] log_p[v,b,k]
         cross = -torch.einsum("tbk,vbk->tv", q, log_p) / batch
-        keep = torch.ones(n_t, n_s, dtype=torch.bool, device=cross.device)
-        same = torch.arange(min(n_t, n_s), device=cross.device)
-        keep[same, same] = False
-        loss = cross[keep].sum() / keep.sum()
+        # skip same-view pairs with a fixed-shape mask and a Python count (no host sync)
+        same = torch.eye(n_t, n_s, dtype=torch.bool, device=cross.device)
+        loss = cross.masked_fill(same, 0.0).sum() / (n_t * n_s - min(n_t, n_s))
         if update_center:
             self.update_center(teacher_out)
         return loss
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
-        """``c <- m c + (1 - m) mean(teacher_out)``, the mean taken over all rows of all ranks."""
+        """``c <- m c + (1 - m) mean(teacher_out)``, the mean taken over all rows of all ranks (every rank
+        contributes the same number of rows; the count is a Python number, so no host sync)."""
         total = teacher_out.detach().float().sum(dim=0, keepdim=True)
-        count = torch.tensor([float(teacher_out.shape[0])], device=total.device)
+        count = teacher_out.shape[0]  # rows per rank: the same on every rank (whole batches)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            packed = torch.cat([total.flatten(), count])
-            dist.all_reduce(packed)
-            total, count = packed[:-1].view_as(total), packed[-1:]
-        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+            dist.all_reduce(total)
+            count *= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(total / float(count), alpha=1 - self.center_momentum)

@@ -85,32 +85,43 @@ def run_decode_tasks(tasks: list[dict], device: str, threads: int, on_advance: C
 # ---------------------------------------------------------------- the child
 
 
-def _reader_pipeline(task: dict, device: str, threads: int):
+def reader_pipeline(task: dict, device: str, threads: int, *, device_id: int | None = None):
+    """The (unbuilt) pipeline decoding every image of a ``shards`` task; outputs each image's shape.
+
+    ``device_id=None`` keeps DALI away from CUDA: a ``"mixed"`` graph can then be defined and
+    serialized (DALI checks it against the operator schemas) but not built, as the tests do
+    on a machine without a GPU.
+    """
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=BATCH, num_threads=threads, device_id=0 if device == "mixed" else None, prefetch_queue_depth=1)
+    @pipeline_def(batch_size=BATCH, num_threads=threads, device_id=device_id, prefetch_queue_depth=1)
     def pipe():
         images = fn.readers.webdataset(paths=task["paths"], index_paths=task["index_paths"], ext=[task["exts"]],
                                        name="reader", missing_component_behavior="skip", pad_last_batch=True)
         return fn.decoders.image(images, device=device, output_type=types.RGB).shape()
 
-    p = pipe()
-    p.build()
-    return p
+    return pipe()
 
 
-def _image_pipeline(device: str):
+def image_pipeline(device: str, *, device_id: int | None = None):
+    """The (unbuilt) one-image pipeline fed through ``external_source``; outputs the image's shape.
+
+    Uses DALI's default (dynamic) executor: reading ``.shape()`` of the mixed decoder's GPU output
+    is a GPU->CPU transition, which DALI 2.4 refuses under ``exec_async=False``/``exec_pipelined=False``.
+    """
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=0 if device == "mixed" else None,
-                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1)
     def pipe():
         data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
         return fn.decoders.image(data, device=device, output_type=types.RGB).shape()
 
-    p = pipe()
-    p.build()
-    return p
+    return pipe()
+
+
+def _built(pipe):
+    pipe.build()
+    return pipe
 
 
 def _say(text: str) -> None:
@@ -128,7 +139,7 @@ def _child() -> None:
         _say(f"begin {i}")
         try:
             if task["kind"] == "shards":
-                pipe = _reader_pipeline(task, device, threads)
+                pipe = _built(reader_pipeline(task, device, threads, device_id=0 if device == "mixed" else None))
                 total, done = pipe.epoch_size("reader"), 0
                 while done < total:
                     pipe.run()
@@ -140,7 +151,7 @@ def _child() -> None:
                 with open(task["path"], "rb") as f:
                     f.seek(task["offset"])
                     data = np.frombuffer(f.read(task["size"]), dtype=np.uint8)
-                single = single or _image_pipeline(device)
+                single = single or _built(image_pipeline(device, device_id=0 if device == "mixed" else None))
                 single.feed_input("data", [data])
                 single.run()
             _say(f"ok {i}")

@@ -5,7 +5,8 @@ for ``warmup`` + ``steps`` steps twice: once from the real DALI :class:`ViewLoad
 set and once from one fixed synthetic batch already on the device (zero data cost). The ratio
 tells how much the input pipeline slows training; ``data_wait_pct`` is the share of wall time spent
 waiting for the next batch. Reports median step time, images/s (images, not crops) and peak GPU
-memory. Timing syncs the device once per step (the loss is read on the host, as in training).
+memory. Steps run without the trainer's host sync (as training's non-logging steps); timing
+waits for the device once per step.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def _measure(cfg: Config, env: D.DistEnv, loader, steps: int, warmup: int, label
                 it = iter(loader)
                 batch = next(it)
             t1 = time.perf_counter()
-            trainer.step(batch.views, i)  # reads the loss on the host: one device sync per step
+            trainer.step(batch.views, i, sync=False)  # as training's non-logging steps
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # one wait per step, for the step time
             t2 = time.perf_counter()
             if i >= warmup:
                 times.append(t2 - t0)

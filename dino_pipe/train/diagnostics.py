@@ -35,10 +35,12 @@ class CollapseMonitor:
 
     @torch.no_grad()
     def observe(self, teacher_probs: torch.Tensor) -> None:
-        """``teacher_probs [N, K]``: centered, sharpened teacher softmax of one step (float32)."""
+        """``teacher_probs [N, K]``: centered, sharpened teacher softmax of one step (float32).
+        Queues device work only (no host sync); :meth:`summary` reads the window on the host."""
         p = teacher_probs.detach().float()
         ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
-        hist = torch.bincount(p.argmax(dim=-1), minlength=self.out_dim)
+        winners = p.argmax(dim=-1)  # a fixed-size histogram: bincount(minlength) would wait for the device
+        hist = torch.zeros(self.out_dim, dtype=torch.int64, device=p.device).index_add_(0, winners, torch.ones_like(winners))
         mean_p = p.mean(dim=0)
         ent_sum = ent.sum()  # kept as a tensor: observing every step costs no host sync
         self._entropy_sum = ent_sum if self._count == 0 else self._entropy_sum + ent_sum

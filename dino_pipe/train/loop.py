@@ -10,8 +10,11 @@ The loop on each rank::
         collapse check every train.collapse_check_every_steps,
         checkpoint every train.checkpoint_every_steps, at every epoch end and at the end
 
-A NaN/Inf loss stops the run before any weight is touched, naming the step, what went non-finite
-and the last good checkpoint; no checkpoint or summary is written after it.
+Only logging, collapse-check and checkpoint steps wait for the device (``DINOTrainer.step(sync=True)``);
+the steps between queue their work without a host sync. A NaN/Inf loss stops the run naming the step,
+what went non-finite and the last good checkpoint; no checkpoint or summary is written after it (on
+a sync step before any weight is touched; a non-finite loss of a step between is caught by the next
+sync step, which always comes before the next checkpoint).
 """
 
 from __future__ import annotations
@@ -309,8 +312,13 @@ class _Run:
                     wait = time.perf_counter() - t0
                     window_wait += wait
                     total_wait += wait
-                    try:
-                        res = trainer.step(batch.views, step)
+                    n = step + 1  # the step about to run, 1-based as logged
+                    every = cfg.train.checkpoint_every_steps
+                    log_now = n % cfg.train.log_every_steps == 0 or n == stop_at
+                    check_now = n % cfg.train.collapse_check_every_steps == 0 or n == stop_at
+                    save_now = (every and n % every == 0) or n % steps_per_epoch == 0 or n == stop_at
+                    try:  # only logging, collapse-check and checkpoint steps wait for the device
+                        res = trainer.step(batch.views, step, sync=bool(log_now or check_now or save_now))
                     except NonFiniteLoss as e:
                         last = self.last_checkpoint
                         raise UserError(f"{e}; stopped without writing anything — last good checkpoint: "
@@ -318,9 +326,8 @@ class _Run:
                                         exit_code=3) from None
                     step += 1
                     window_steps += 1
-                    last_loss = res.loss
                     monitor.observe(res.teacher_probs)
-                    if step % cfg.train.collapse_check_every_steps == 0 or step == stop_at:
+                    if check_now:
                         collapse_stats = monitor.summary()
                         warning = monitor.warning(collapse_stats) if env.is_main else None
                         kind = warning.split(" (")[0] if warning else None
@@ -331,13 +338,14 @@ class _Run:
                         last_warning = kind
                         if collapse_stats:
                             collapse_stats["collapse_warning"] = warning
-                    if step % cfg.train.log_every_steps == 0 or step == stop_at:
+                    if log_now:
+                        last_loss = float(res.loss)
                         now = time.perf_counter()
                         dt = max(now - window_t, 1e-9)
                         rates = {"images_per_s": window_steps * images_per_step / dt,
                                  "data_wait_pct": 100.0 * window_wait / dt}
                         window_t, window_wait, window_steps = now, 0.0, 0
-                        record = {"step": step, "epoch": step / steps_per_epoch, "loss": res.loss,
+                        record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss,
                                   **res.values, "grad_norm": float(res.grad_norm), **rates, **collapse_stats,
                                   "time": time.time()}
                         if env.is_main:
@@ -347,14 +355,15 @@ class _Run:
                                     if k not in ("step", "time") and isinstance(v, (int, float)):
                                         tb.add_scalar(f"train/{k}", v, step)
                         collapse_stats = {}
-                    if task is not None:
+                    if task is not None and log_now:
                         v = res.values
                         progress.update(task, completed=step, info=(
-                            f"ep {step // steps_per_epoch} loss {res.loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
+                            f"ep {step // steps_per_epoch} loss {last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
                             f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} {rates['images_per_s']:.0f} img/s "
                             f"wait {rates['data_wait_pct']:.0f}%"))
-                    every = cfg.train.checkpoint_every_steps
-                    if (every and step % every == 0) or step % steps_per_epoch == 0 or step == stop_at:
+                    elif task is not None:
+                        progress.update(task, completed=step)
+                    if save_now:
                         self._checkpoint(trainer, loader, step, steps_per_epoch)
         if tb is not None:
             tb.close()

@@ -6,9 +6,16 @@
     t = teacher(views[:2])                      # globals only, no gradient
     s = student(views)                          # all crops, same-resolution views batched
     loss = DINOLoss(s, t, tau_t)                # centered/sharpened teacher, skip same-view pairs
-    (check loss is finite on every rank; stop otherwise)
+    (sync steps: check loss is finite on every rank; stop otherwise)
     backward; clip (per parameter by default); drop last-layer grads in the first epoch(s)
     optimizer step; teacher <- m teacher + (1 - m) student; center update (all-reduced)
+
+Host syncs. Only a step called with ``sync=True`` (the loop's logging and checkpoint steps) waits for
+the device: it reads the loss and stops on NaN/Inf before updating anything. Other steps queue their
+work and return at once: the loss and gradient norm stay device tensors, clipping and the loss use
+fixed shapes and Python counts, and a non-finite loss is recorded on the device (first bad step and
+value) and raised by the next sync step, which the loop runs before any checkpoint, so no checkpoint
+ever holds weights updated by a non-finite loss.
 
 Mixed precision: ``bf16`` autocast (no scaler) or ``fp16`` autocast with a GradScaler on the GPU;
 ``fp32`` on the CPU. ``train.compile`` wraps the forward passes in ``torch.compile``.
@@ -54,7 +61,7 @@ class NonFiniteLoss(Exception):
 
 @dataclass
 class StepResult:
-    loss: float  # mean over ranks
+    loss: torch.Tensor  # 0-d, mean over ranks, on the device (float() it only when logging)
     grad_norm: torch.Tensor  # before clipping (0-d, on the device; float() it only when logging)
     teacher_probs: torch.Tensor  # [2B, K] centered/sharpened teacher softmax (for diagnostics)
     values: dict  # the schedule values used: lr, wd, momentum, teacher_temp
@@ -72,7 +79,7 @@ class DINOTrainer:
 
         torch.manual_seed(cfg.train.seed)  # same init on every rank (teacher == student everywhere)
         student, teacher = create_student_teacher(cfg.model)
-        if env.world_size > 1 and env.device == "cuda" and _has_batchnorm(student):
+        if uses_sync_batchnorm(env) and _has_batchnorm(student):
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         self.student: DINOModel = student.to(self.device)
@@ -82,8 +89,11 @@ class DINOTrainer:
                                 center_momentum=cfg.loss.center_momentum).to(self.device)
         self.optimizer = build_optimizer(self.student, cfg.optim,
                                          fused=env.device == "cuda" and cfg.optim.optimizer == "adamw")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = TeacherEMA(self.student, self.teacher)
+        # first non-finite step seen by a step without sync (0 = none) and its loss, on the device
+        self._bad_step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
 
         if env.world_size > 1:
             self.student_ddp: nn.Module = DistributedDataParallel(
@@ -114,8 +124,12 @@ class DINOTrainer:
             out.append(v)
         return out
 
-    def step(self, views: list[torch.Tensor], step: int) -> StepResult:
-        """Run global step ``step`` (0-based) on this rank's ``views``; raise NonFiniteLoss before updating."""
+    def step(self, views: list[torch.Tensor], step: int, *, sync: bool = True) -> StepResult:
+        """Run global step ``step`` (0-based) on this rank's ``views``.
+
+        ``sync=True``: wait for the loss and raise NonFiniteLoss before updating when it (or an earlier
+        step run without sync) is not finite. ``sync=False``: no host sync at all (see the module doc).
+        """
         values = self.schedules.at(step)
         epoch = step // self.steps_per_epoch
         set_lr_wd(self.optimizer, values["lr"], values["wd"])
@@ -131,9 +145,15 @@ class DINOTrainer:
         if self.env.world_size > 1:  # every rank learns when any rank went non-finite
             dist.all_reduce(loss_mean)
             loss_mean /= self.env.world_size
-        loss_value = float(loss_mean)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(step + 1, loss_value, _what_went_wrong(student_out, teacher_out, loss))
+        if sync:
+            self.check_finite()
+            loss_value = float(loss_mean)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(step + 1, loss_value, _what_went_wrong(student_out, teacher_out, loss))
+        else:
+            first = (self._bad_step == 0) & ~torch.isfinite(loss_mean)
+            self._bad_step = torch.where(first, step + 1, self._bad_step)
+            self._bad_loss = torch.where(first, loss_mean, self._bad_loss)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -145,7 +165,14 @@ class DINOTrainer:
         self.ema.update(values["momentum"])
         teacher_probs = self.loss_fn.teacher_probs(teacher_out, values["teacher_temp"])
         self.loss_fn.update_center(teacher_out)
-        return StepResult(loss_value, grad_norm.detach(), teacher_probs, values)
+        return StepResult(loss_mean, grad_norm.detach(), teacher_probs, values)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss when a step run without sync had a non-finite loss (one host sync)."""
+        bad = int(self._bad_step)
+        if bad:
+            raise NonFiniteLoss(bad, float(self._bad_loss), "found at the next synchronised step; the weights "
+                                "updated since are not finite")
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -165,6 +192,12 @@ class DINOTrainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.center.copy_(state["center"].to(self.device))
+
+
+def uses_sync_batchnorm(env: DistEnv) -> bool:
+    """BatchNorm layers (ResNet, ``model.use_bn_in_head``) become SyncBatchNorm across GPU ranks, as the
+    reference; torch's SyncBatchNorm has no CPU kernel, so gloo CPU ranks keep per-rank statistics."""
+    return env.world_size > 1 and env.device == "cuda"
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -227,14 +227,20 @@ def train_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Run directory; rerunning on it resumes."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (= train.epochs=N)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process (= data.batch_size=N)."),
+    extend: bool = typer.Option(False, "--extend", help="Resume a run with a different --epochs (e.g. train a finished run further); the schedules are recomputed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json."""
+    """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json.
+
+    --data may also be a parent folder holding train/ and val/ shard sets: its train/ set is used.
+    """
     from dino_pipe.config import load_config
     from dino_pipe.train.loop import train
 
-    cfg = load_config(config, overrides or [])
-    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet)
+    cfg = load_config(config, _eval_overrides(overrides, **{"train.epochs": epochs, "data.batch_size": batch_size}))
+    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend)
     if result:
         print_json(result)
 

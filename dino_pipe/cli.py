@@ -328,7 +328,7 @@ def eval_knn_cmd(
         gpus=_eval_gpus(gpus), procs=procs)
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"k-NN  {src.get('arch')} ({weights}), T = {result['knn']['temperature']}")
+    table = Table(title=f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
     table.add_column("k", justify="right")
     table.add_column("top-1 %", justify="right")
     table.add_column("top-5 %", justify="right")
@@ -336,6 +336,9 @@ def eval_knn_cmd(
         kk = str(r["k"]) if r["k"] == r["k_effective"] else f"{r['k']} (-> {r['k_effective']})"
         table.add_row(kk, f"{r['top1']:.2f}", f"{r['top5']:.2f}")
     out.print(table)
+    for r in result["results"]:
+        if r.get("note"):
+            out.print(f"[yellow]k = {r['k']}[/]: {r['note']}", highlight=False)
     d = result["data"]
     out.print(f"train {d['train'].get('num_samples')} / val {d['val'].get('num_samples')} images, "
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
@@ -377,7 +380,7 @@ def eval_linear_cmd(
                              overrides=_eval_overrides(overrides, **opts), gpus=_eval_gpus(gpus), procs=procs)
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"linear probe  {src.get('arch')} ({weights}), {result['linear']['feature_dim']}-d features")
+    table = Table(title=f"linear probe  {src.get('model', src.get('arch'))} ({weights}), {result['linear']['feature_dim']}-d features")
     for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
         table.add_column(col, justify="right")
     best = result["best"]

@@ -402,7 +402,7 @@ def viz_attention_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
     which: str = typer.Option("teacher", "--which", help="teacher or student."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
-    size: int = typer.Option(480, "--size", help="Resize the shorter side to this first (0 = keep the image size)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; 0 = keep the image size)."),
     threshold: Optional[float] = typer.Option(0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
@@ -417,6 +417,11 @@ def viz_attention_cmd(
         raise UserError(f"--device {device}: use auto, cpu or cuda")
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=device)
+    if result["warning"]:
+        err.print(f"[yellow]warning[/]: {result['warning']}", highlight=False, soft_wrap=True)
+    elif size is None:
+        out.print(f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
+                  highlight=False)
     for entry in result["images"]:
         share = entry.get("share_of_patches_for_mass")
         extra = f"; patches holding {threshold:.0%} of each head's attention: " + \

@@ -352,7 +352,7 @@ class _Run:
                     if task is not None:
                         v = res.values
                         progress.update(task, completed=step, info=(
-                            f"ep {step // steps_per_epoch} loss {res.loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
+                            f"ep {step / steps_per_epoch:.2f}/{stop_at / steps_per_epoch:g} loss {res.loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
                             f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} {rates['images_per_s']:.0f} img/s "
                             f"wait {rates['data_wait_pct']:.0f}%"))
                     every = cfg.train.checkpoint_every_steps

@@ -4,7 +4,8 @@
 linear probe). On a terminal it is a rich :class:`~rich.progress.Progress` bar with a rate column.
 When stderr is not a terminal (a log file, a pipe, CI, a SLURM job) a bar cannot redraw, so
 :class:`PlainProgress` prints one line when a task starts, then at most one line every
-``DINO_PIPE_PROGRESS_EVERY`` seconds (default 15) while it advances, and a last line when it ends::
+``DINO_PIPE_PROGRESS_EVERY`` seconds (default 15) while it advances, and a last line when it is
+complete (or when the display closes)::
 
     [12:03:41] train 120/625 19% 1.9 step/s elapsed 1:03 ETA 4:26 | ep 0 loss 5.8123 ... 61 img/s wait 1%
 
@@ -130,7 +131,8 @@ class PlainProgress:
         if description is not None:
             task.description = description
         task.fields.update(fields)
-        if self.clock() - task.last_line >= self.every:
+        finished = bool(task.total) and task.completed >= task.total and task.printed_at != task.completed
+        if finished or self.clock() - task.last_line >= self.every:
             self._line(task)
 
     def advance(self, task_id: int, advance: float = 1) -> None:

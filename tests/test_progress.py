@@ -39,6 +39,21 @@ def test_plain_lines_at_the_interval_with_rate_and_eta():
     assert len(lines) == 3 and lines[2].endswith("30/100 30% 2.0 img/s elapsed 0:15 ETA 0:35 | loss 1.2345")
 
 
+def test_a_task_that_completes_says_so_at_once():
+    clock, out = FakeClock(), io.StringIO()
+    with PlainProgress("img", every=60, stream=out, clock=clock) as bar:
+        a = bar.add_task("verify train", total=10)
+        b = bar.add_task("verify val", total=5)
+        clock.t += 2
+        bar.advance(a, 10)  # complete: printed now, not when the display closes
+        assert out.getvalue().splitlines()[-1].endswith("verify train 10/10 100% 5.0 img/s elapsed 0:02 ETA 0:00")
+        clock.t += 3
+        bar.advance(b, 1)
+        assert len(out.getvalue().splitlines()) == 3
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and "verify val 1/5" in lines[-1]
+
+
 def test_no_repeated_last_line_and_reset_restarts_the_rate():
     clock, out = FakeClock(), io.StringIO()
     with PlainProgress("step", every=0, stream=out, clock=clock) as bar:

@@ -67,6 +67,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
+@pytest.mark.slow  # end to end: two CLI trainings in subprocesses, one killed; in-process exact resume is tested by test_real_shards_through_viewloader_and_exact_resume
 def test_exact_resume_after_kill9(tmp_path):
     """kill -9 at a random step, rerun the same command: the final weights equal an uninterrupted run's."""
     full, killed = tmp_path / "full", tmp_path / "killed"

@@ -17,6 +17,7 @@ and the last good checkpoint; no checkpoint or summary is written after it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ def check_data(data: str | Path) -> str | Path:
         if "train" in sets:
             from dino_pipe.progress import console
 
-            console.print(f"--data {p}: a parent of shard sets ({', '.join(sets)}); training on {p / 'train'}",
-                          highlight=False, soft_wrap=True)
+            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
+                console.print(f"--data {p}: a parent of shard sets ({', '.join(sets)}); training on {p / 'train'}",
+                              highlight=False, soft_wrap=True)
             return p / "train"
         if sets:
             raise UserError(f"--data {p}: not a shard set itself; it holds the shard sets {', '.join(sets)}: "

@@ -417,8 +417,8 @@ def viz_attention_cmd(
         raise UserError(f"--device {device}: use auto, cpu or cuda")
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=device)
-    if result["warning"]:
-        err.print(f"[yellow]warning[/]: {result['warning']}", highlight=False, soft_wrap=True)
+    if result["note"]:
+        out.print(f"note: {result['note']}", highlight=False, soft_wrap=True)
     elif size is None:
         out.print(f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
                   highlight=False)

@@ -92,15 +92,15 @@ def test_render_writes_pngs_for_any_image_size(tmp_path, photos):
     assert min(res["images"][0]["height"], res["images"][0]["width"]) == 96
     with pytest.raises(UserError, match="image not found"):
         render_attention(ckpt, [tmp_path / "nope.jpg"], tmp_path / "out3")
-    # default size: the run's training size (data.global_size, 224 in this checkpoint); far above it: a warning
+    # default size: the run's training size (data.global_size, 224 in this checkpoint); another size: a note
     res = render_attention(ckpt, paths[1:], tmp_path / "out4", threshold=None)
-    assert res["size"] == res["trained_size"] == 224 and res["warning"] is None
+    assert res["size"] == res["trained_size"] == 224 and res["note"] is None
     assert min(res["images"][0]["height"], res["images"][0]["width"]) == 224
     small = write_tiny_checkpoint(tmp_path / "run32", patch=8, extra=["data.global_size=32"])
-    res = render_attention(small, paths[1:], tmp_path / "out5", size=0)
-    assert res["trained_size"] == 32 and res["warning"] is None and res["images"][0]["width"] == 64
+    res = render_attention(small, paths[1:], tmp_path / "out5")
+    assert res["trained_size"] == res["size"] == 32 and res["note"] is None and res["images"][0]["grid"] == [4, 4]
     res = render_attention(small, paths[1:], tmp_path / "out6", size=96, threshold=None)
-    assert "3x the 32 px the run trained at" in res["warning"]
+    assert "the run trained at 32 px" in res["note"] and "a 12-patch side instead of 4" in res["note"]
 
 
 def test_masked_row_shows_attention_on_a_black_background():

@@ -206,9 +206,10 @@ def render_attention(
     """Write ``OUT/<image stem>-attention.png`` for each image; return what was drawn.
 
     ``size``: shorter side in pixels before cropping to the patch grid; ``None`` = the size the run
-    trained its global crops at (``data.global_size`` of the checkpoint's config), 0 = as is. A size
-    far above the training size gives a patch grid the model never saw (often near-uniform maps):
-    the result then carries a ``warning``.
+    trained its global crops at (``data.global_size`` of the checkpoint's config), 0 = as is. Another
+    size gives the model a patch grid it never trained on (finer maps for upscaled small images such
+    as digits, near-uniform ones for photos shrunk to a tiny model's scale, depending on the data):
+    the result then carries a ``note`` saying so, to compare with the default.
 
     The result records per image the size used and, per head, the share of patches that holds
     ``threshold`` of the attention (small = focused, near ``threshold`` = spread evenly).
@@ -233,11 +234,10 @@ def render_attention(
     trained = int(cfg.data.global_size)
     if size is None:
         size = trained
-    warning = None
-    if size > 2 * trained:
-        warning = (f"--size {size} is {size / trained:.0f}x the {trained} px the run trained at (data.global_size): "
-                   f"a {size // p}x{size // p} patch grid it never saw often gives near-uniform maps; "
-                   f"leave --size out to use {trained}")
+    note = None
+    if size and size != trained:
+        note = (f"drawn at {size} px on the shorter side; the run trained at {trained} px (data.global_size): "
+                f"a {size // p}-patch side instead of {trained // p}; leave --size out to draw at {trained} px")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
@@ -254,7 +254,7 @@ def render_attention(
             entry["share_of_patches_for_mass"] = [round(float(m.float().mean()), 4) for m in mass_mask(maps, threshold)]
         drawn.append(entry)
     result = {"checkpoint": loaded.source, "patch_size": p, "threshold": threshold, "size": size,
-              "trained_size": trained, "warning": warning, "images": drawn}
+              "trained_size": trained, "note": note, "images": drawn}
     atomic_write_json(out / "attention.json", result)
     return result
 

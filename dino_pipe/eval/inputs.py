@@ -41,8 +41,12 @@ def built_model(config: dict) -> str:
     from dino_pipe.models.backbone import create_backbone, describe
 
     cfg = config_from_dict(config)
-    with torch.device("meta"):
-        model = create_backbone(cfg.model)
+    try:
+        with torch.device("meta"):
+            model = create_backbone(cfg.model)
+    except Exception:  # an architecture that cannot be built on the meta device: its name and arguments
+        given = " ".join(f"{k}={v}" for k, v in cfg.model.arch_kwargs.items())
+        return f"timm {cfg.model.arch}{', ' + given if given else ''}"
     return describe(model, cfg.model.arch, cfg.model.arch_kwargs)
 
 

@@ -283,14 +283,20 @@ def train_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Run directory; rerunning on it resumes."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (= train.epochs=N)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process (= data.batch_size=N)."),
+    extend: bool = typer.Option(False, "--extend", help="Resume a run with a different --epochs (e.g. train a finished run further); the schedules are recomputed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json."""
+    """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json.
+
+    --data may also be a parent folder holding train/ and val/ shard sets: its train/ set is used.
+    """
     from dino_pipe.config import load_config
     from dino_pipe.train.loop import train
 
-    cfg = load_config(config, overrides or [])
-    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet)
+    cfg = load_config(config, _eval_overrides(overrides, **{"train.epochs": epochs, "data.batch_size": batch_size}))
+    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend)
     if result:
         print_json(result)
 
@@ -380,7 +386,7 @@ def eval_knn_cmd(
         gpus=_eval_gpus(gpus), procs=procs)
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"k-NN  {src.get('arch')} ({weights}), T = {result['knn']['temperature']}")
+    table = Table(title=f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
     table.add_column("k", justify="right")
     table.add_column("top-1 %", justify="right")
     table.add_column("top-5 %", justify="right")
@@ -388,6 +394,9 @@ def eval_knn_cmd(
         kk = str(r["k"]) if r["k"] == r["k_effective"] else f"{r['k']} (-> {r['k_effective']})"
         table.add_row(kk, f"{r['top1']:.2f}", f"{r['top5']:.2f}")
     out.print(table)
+    for r in result["results"]:
+        if r.get("note"):
+            out.print(f"[yellow]k = {r['k']}[/]: {r['note']}", highlight=False)
     d = result["data"]
     out.print(f"train {d['train'].get('num_samples')} / val {d['val'].get('num_samples')} images, "
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
@@ -430,7 +439,7 @@ def eval_linear_cmd(
                              overrides=_eval_overrides(overrides, **opts), gpus=_eval_gpus(gpus), procs=procs)
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"linear probe  {src.get('arch')} ({weights}), {result['linear']['feature_dim']}-d features")
+    table = Table(title=f"linear probe  {src.get('model', src.get('arch'))} ({weights}), {result['linear']['feature_dim']}-d features")
     for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
         table.add_column(col, justify="right")
     best = result["best"]
@@ -452,7 +461,7 @@ def viz_attention_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
     which: str = typer.Option("teacher", "--which", help="teacher or student."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
-    size: int = typer.Option(480, "--size", help="Resize the shorter side to this first (0 = keep the image size)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; 0 = keep the image size)."),
     threshold: Optional[float] = typer.Option(0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
@@ -468,6 +477,11 @@ def viz_attention_cmd(
         raise UserError(f"--device {device}: use auto, cpu or cuda")
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=device)
+    if result["note"]:
+        out.print(f"note: {result['note']}", highlight=False, soft_wrap=True)
+    elif size is None:
+        out.print(f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
+                  highlight=False)
     for entry in result["images"]:
         share = entry.get("share_of_patches_for_mass")
         extra = f"; patches holding {threshold:.0%} of each head's attention: " + \

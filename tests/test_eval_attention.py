@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dino_pipe.errors import UserError
-from dino_pipe.eval.attention import cls_attention, crop_to_patches, mass_mask, render_attention
+from dino_pipe.eval.attention import cls_attention, crop_to_patches, highlight_mask, mass_mask, render_attention
 from eval_helpers import write_tiny_checkpoint
 
 
@@ -92,3 +92,23 @@ def test_render_writes_pngs_for_any_image_size(tmp_path, photos):
     assert min(res["images"][0]["height"], res["images"][0]["width"]) == 96
     with pytest.raises(UserError, match="image not found"):
         render_attention(ckpt, [tmp_path / "nope.jpg"], tmp_path / "out3")
+    # default size: the run's training size (data.global_size, 224 in this checkpoint); another size: a note
+    res = render_attention(ckpt, paths[1:], tmp_path / "out4", threshold=None)
+    assert res["size"] == res["trained_size"] == 224 and res["note"] is None
+    assert min(res["images"][0]["height"], res["images"][0]["width"]) == 224
+    small = write_tiny_checkpoint(tmp_path / "run32", patch=8, extra=["data.global_size=32"])
+    res = render_attention(small, paths[1:], tmp_path / "out5")
+    assert res["trained_size"] == res["size"] == 32 and res["note"] is None and res["images"][0]["grid"] == [4, 4]
+    res = render_attention(small, paths[1:], tmp_path / "out6", size=96, threshold=None)
+    assert "the run trained at 32 px" in res["note"] and "a 12-patch side instead of 4" in res["note"]
+
+
+def test_masked_row_shows_attention_on_a_black_background():
+    image = np.zeros((16, 16, 3), dtype=np.uint8)  # black background ...
+    image[4:12, 4:12] = 200  # ... around a bright square
+    mask = np.zeros((16, 16))
+    mask[:, :4] = 1  # a head attending to (part of) the background
+    shown = highlight_mask(image, mask)
+    assert shown[0, 0].sum() > 0.5  # attended black pixels are tinted, not black
+    assert (shown[8, 8] < image[8, 8] / 255.0).all()  # unattended bright pixels are dimmed
+    assert shown[8, 8].sum() < shown[0, 0].sum()

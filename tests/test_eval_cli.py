@@ -64,11 +64,17 @@ def test_knn_from_saved_features_prints_a_table_and_writes_json(tmp_path):
         feats = torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1).half()
         save_features(tmp_path / "f" / f"{split}.safetensors", feats, torch.arange(n) % 3,
                       {"num_classes": 3, "classes": ["a", "b", "c"], "checkpoint": {"arch": "x", "which": "teacher"}})
-    code, output, _ = _run(["eval", "knn", "--load-features", tmp_path / "f", "--k", 5, "--k", 50, "-o", tmp_path / "r.json"])
+    code, output, _ = _run(["eval", "knn", "--load-features", tmp_path / "f", "--k", 5, "--k", 20, "--k", 50,
+                            "-o", tmp_path / "r.json"])
     assert code == 0, output
     assert "top-1" in output and "50 (-> 40)" in output
+    # k beyond the bank is capped, k beyond the average class size (40 / 3) is flagged: said in the table and JSON
+    assert "k = 50: k capped to the bank size 40" in output and "k = 20: k exceeds the bank's average class size (13)" in output
+    assert "k = 5:" not in output
     result = json.loads((tmp_path / "r.json").read_text())
-    assert [r["k"] for r in result["results"]] == [5, 50] and result["knn"]["temperature"] == 0.07
+    assert [r["k"] for r in result["results"]] == [5, 20, 50] and result["knn"]["temperature"] == 0.07
+    assert "note" not in result["results"][0] and "capped" in result["results"][2]["note"]
+    assert "other classes" in result["results"][1]["note"]
 
 
 def test_export_command(tmp_path, ckpt):

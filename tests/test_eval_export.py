@@ -17,7 +17,8 @@ from eval_helpers import write_tiny_checkpoint
 
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_timm_loads_the_export_and_gives_the_same_features(tmp_path, which):
-    ckpt = write_tiny_checkpoint(tmp_path / "run")
+    ckpt = write_tiny_checkpoint(tmp_path / "run", extra=["data.mean=[0.1307, 0.1307, 0.1307]",
+                                                          "data.std=[0.3081, 0.3081, 0.3081]", "data.global_size=32"])
     out = tmp_path / "export" / "backbone.safetensors"
     info = export_backbone(ckpt, out, which=which)
     side = json.loads((tmp_path / "export" / "backbone.json").read_text())
@@ -37,6 +38,13 @@ def test_timm_loads_the_export_and_gives_the_same_features(tmp_path, which):
         fresh = timm.create_model(side["arch"], pretrained=False, num_classes=0, **side["arch_kwargs"]).eval()
         assert not torch.allclose(fresh(x), ours(x), atol=1e-3)
     keys = set(load_file(str(out)))
+    # the normalisation the run trained with travels in the pretrained config: timm's data config reports it
+    assert side["pretrained_cfg"]["mean"] == pytest.approx([0.1307] * 3) and side["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    user = timm.create_model(side["arch"], pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay=side["pretrained_cfg"], **side["arch_kwargs"])
+    data_cfg = timm.data.resolve_data_config({}, model=user)
+    assert tuple(data_cfg["mean"]) == pytest.approx((0.1307,) * 3)
+    assert tuple(data_cfg["std"]) == pytest.approx((0.3081,) * 3) and tuple(data_cfg["input_size"]) == (3, 32, 32)
     assert keys == set(fresh.state_dict()) and not any(k.startswith(("backbone.", "head.")) for k in keys)
 
 

@@ -83,6 +83,8 @@ def test_knn_end_to_end_trained_random_saved_and_loaded(tiny_run, tiny_shardset,
     assert res[200]["k_effective"] == 96  # k clipped to the train-set size
     assert trained["knn"]["feature_dim"] == 192 and trained["data"]["train"]["num_classes"] == 4
     assert trained["checkpoint"]["which"] == "teacher" and trained["checkpoint"]["step"] == 10
+    # the model as built (patch 8 from arch_kwargs), not only the timm name that says patch16
+    assert trained["checkpoint"]["model"].startswith("ViT patch 8, ")
     assert (tmp_path / "feats" / "train.safetensors").is_file()
     again = evaluate_knn(load_features=tmp_path / "feats", ks=(1, 10, 200))
     assert again["results"] == trained["results"]

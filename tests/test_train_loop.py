@@ -67,6 +67,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
+@pytest.mark.slow  # end to end: two CLI trainings in subprocesses, one killed; in-process exact resume is tested by test_real_shards_through_viewloader_and_exact_resume
 def test_exact_resume_after_kill9(tmp_path):
     """kill -9 at a random step, rerun the same command: the final weights equal an uninterrupted run's."""
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -217,3 +218,43 @@ def test_nonfinite_loss_between_logs_is_caught_before_the_next_checkpoint(tmp_pa
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [4]
     assert not (tmp_path / "summary.json").exists()
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path)["student"].values())
+
+
+def test_extend_a_finished_run_to_more_epochs(tmp_path, capsys):
+    s = train(tiny_cfg("train.epochs=1"), "synthetic:16", tmp_path, gpus=0, progress=False)  # 4 steps per epoch
+    assert s["steps"] == 4
+    with pytest.raises(UserError, match="add --extend"):
+        train(tiny_cfg("train.epochs=2"), "synthetic:16", tmp_path, gpus=0, progress=False)
+    with pytest.raises(UserError, match="different config.*optim.base_lr"):  # --extend allows epochs only
+        train(tiny_cfg("train.epochs=2", "optim.base_lr=0.1"), "synthetic:16", tmp_path, gpus=0, progress=False, extend=True)
+    s2 = train(tiny_cfg("train.epochs=2"), "synthetic:16", tmp_path, gpus=0, progress=False, extend=True)
+    assert s2["steps"] == 8 and s2["steps_this_run"] == 4 and s2["resumed_from"].endswith("step-00000004.pt")
+    assert "from 1 to 2 epochs" in capsys.readouterr().err
+    m = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in m] == list(range(1, 9))
+    # the lr schedule was recomputed for 2 epochs: step 5 is past the 1-epoch warm-up, on the new cosine
+    from dino_pipe.train.schedules import Schedules
+
+    sched = Schedules.from_config(tiny_cfg("train.epochs=2"), 4, 4)
+    assert m[5]["lr"] == pytest.approx(sched.at(5)["lr"])
+    with pytest.raises(UserError, match="beyond 1 epochs"):
+        train(tiny_cfg("train.epochs=1"), "synthetic:16", tmp_path, gpus=0, progress=False, extend=True)
+
+
+def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_shardset):
+    from dino_pipe.cli import app
+
+    parent = tmp_path / "shards"
+    parent.mkdir()
+    (parent / "train").symlink_to(tiny_shardset, target_is_directory=True)
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r"), "--gpus", "0", "-q",
+                                   "--epochs", "1", "--batch-size", "4", *[t for t in TINY if "batch_size" not in t],
+                                   "train.max_steps=1"])
+    assert res.exit_code == 0, res.output
+    assert f"training on {parent / 'train'}" in res.output
+    cfg = load_checkpoint(tmp_path / "r")["config"]
+    assert cfg["train"]["epochs"] == 1 and cfg["data"]["batch_size"] == 4
+    (parent / "train").unlink()
+    (parent / "val").symlink_to(tiny_shardset, target_is_directory=True)
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r2"), "--gpus", "0"])
+    assert res.exit_code != 0 and "holds the shard sets val" in res.output and "Traceback" not in res.output

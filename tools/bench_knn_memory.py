@@ -18,6 +18,14 @@ ladder keeps the whole run to a few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require()
+
 import argparse
 import json
 import subprocess
@@ -114,4 +122,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install(''):
+        main()

@@ -15,6 +15,14 @@ worker processes as DALI has threads. ``--make-sample N`` writes N ~400x350 JPEG
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('nvidia.dali', 'torchvision', extras='sample')
+
 import argparse
 import json
 import os
@@ -105,4 +113,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install('sample'):
+        main()

@@ -16,6 +16,14 @@ fp32 on the CPU). Prints median step time, images/s, peak GPU memory and the rat
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('timm')
+
 import argparse
 import json
 import statistics
@@ -216,4 +224,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install(''):
+        main()

@@ -64,4 +64,5 @@ for what, p in [("shard sets", out / "shards"), ("run (checkpoints, metrics.json
                 ("k-NN results", last), ("attention pictures", out / "run" / "attention"),
                 ("loss and k-NN curves", out / "run" / "curves.png"), ("exported backbone", out / "run" / "backbone.safetensors")]:
     print(f"  {what:48s} {p}")
+print("next: `source .venv/bin/activate` puts dino-pipe on PATH; README.md walks the same line on your own images")
 PY

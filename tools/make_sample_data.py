@@ -20,6 +20,14 @@ Rerunning rewrites the same bytes.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('mlxtend', 'skimage', 'sklearn', extras='sample')
+
 import argparse
 from pathlib import Path
 
@@ -47,4 +55,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install('sample'):
+        main()

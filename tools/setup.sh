@@ -16,14 +16,17 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+quiet_warnings() { grep -v "^WARNING: Location" >&2 || true; }
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
-  echo "setup: installing torch + torchvision (large; this takes a few minutes the first time)"
-  .venv/bin/python -m pip install -q "torch>=2.4" "torchvision>=0.19" 2>&1 | grep -v "^WARNING: Location" || true
+  echo "setup: installing torch + torchvision: the default build for Linux x86-64 is the CUDA one with its NVIDIA"
+  echo "       libraries (about 6.9 GB in .venv, several minutes); for the CPU-only build, see README 'Quick start'"
+  .venv/bin/python -m pip install --progress-bar on "torch>=2.4" "torchvision>=0.19" 2> >(quiet_warnings) || true
   .venv/bin/python -c "import torch, torchvision" || { echo "setup: torch did not install" >&2; exit 1; }
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-echo "setup: installing dino-pipe $spec"
-.venv/bin/python -m pip install -q -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
+echo "setup: installing dino-pipe $spec and its dependencies (DALI, timm, webdataset, ...)"
+.venv/bin/python -m pip install --progress-bar on -e "$spec" 2> >(quiet_warnings) \
+  | grep -v "^Requirement already satisfied" || true
 .venv/bin/python -c "import dino_pipe, nvidia.dali, webdataset, timm" || { echo "setup: dino-pipe did not install" >&2; exit 1; }
 touch "$stamp"

@@ -13,6 +13,14 @@
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('numpy', 'PIL', 'mlxtend', extras='sample')
+
 import argparse
 import io
 import json
@@ -123,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install('sample'):
+        main()

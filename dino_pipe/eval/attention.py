@@ -134,9 +134,24 @@ def upsample(maps: Tensor, patch: int) -> Tensor:
     return up.reshape(*lead, *up.shape[-2:])
 
 
+# Row 2 of the grid: patches in a head's top-``threshold`` mass are tinted with this colour (so a
+# head that attends to a black background shows an amber region, not black on black); the rest is dimmed.
+HIGHLIGHT = np.array([1.0, 0.75, 0.1], dtype=np.float32)
+
+
+def highlight_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 image + ``[H, W]`` 0/1 mask -> float RGB in [0, 1]: kept pixels tinted
+    (60 % image + 40 % :data:`HIGHLIGHT`), the others dimmed to 25 %. Visible on any background."""
+    rgb = image.astype(np.float32) / 255.0
+    m = mask[..., None].astype(np.float32)
+    kept = 0.6 * rgb + 0.4 * HIGHLIGHT
+    return (m * kept + (1 - m) * 0.25 * rgb).clip(0, 1)
+
+
 def save_attention_grid(path: str | Path, image: np.ndarray, maps: Tensor, patch: int, threshold: float | None, title: str = "") -> Path:
     """A PNG: row 1 = image, each head's map, the mean map; row 2 (with ``threshold``) = the image
-    kept where each head's (and the mean's) top-``threshold`` mass lies, dimmed elsewhere."""
+    again, then per head (and the mean) the patches holding its top-``threshold`` mass tinted and
+    the rest dimmed (:func:`highlight_mask`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,11 +177,10 @@ def save_attention_grid(path: str | Path, image: np.ndarray, maps: Tensor, patch
     if threshold is not None:
         masks = upsample(mass_mask(all_maps, threshold).float(), patch).numpy()
         axes[1][0].imshow(image)
-        axes[1][0].set_title(f"top {threshold:.0%} mass", fontsize=8)
+        axes[1][0].set_title(f"image; right: top {threshold:.0%}\nof attention, tinted", fontsize=7)
         for j, name in enumerate(names):
-            shown = image.astype(np.float32) / 255.0 * (0.2 + 0.8 * masks[j][..., None])
-            axes[1][j + 1].imshow(shown.clip(0, 1))
-            axes[1][j + 1].set_title(f"{name}: {masks[j].mean():.0%} of image", fontsize=7)
+            axes[1][j + 1].imshow(highlight_mask(image, masks[j]))
+            axes[1][j + 1].set_title(f"{name}: top {threshold:.0%}\nin {masks[j].mean():.0%} of image", fontsize=7)
     for ax in np.ravel(axes):
         ax.set_axis_off()
     if title:
@@ -185,11 +199,17 @@ def render_attention(
     *,
     which: str = "teacher",
     random_init: bool = False,
-    size: int = 480,
+    size: int | None = None,
     threshold: float | None = 0.6,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Write ``OUT/<image stem>-attention.png`` for each image; return what was drawn.
+
+    ``size``: shorter side in pixels before cropping to the patch grid; ``None`` = the size the run
+    trained its global crops at (``data.global_size`` of the checkpoint's config), 0 = as is. Another
+    size gives the model a patch grid it never trained on (finer maps for upscaled small images such
+    as digits, near-uniform ones for photos shrunk to a tiny model's scale, depending on the data):
+    the result then carries a ``note`` saying so, to compare with the default.
 
     The result records per image the size used and, per head, the share of patches that holds
     ``threshold`` of the attention (small = focused, near ``threshold`` = spread evenly).
@@ -200,7 +220,7 @@ def render_attention(
         raise UserError("viz attention needs at least one IMAGE")
     if threshold is not None and not 0 < threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {threshold}")
-    if size < 0:
+    if size is not None and size < 0:
         raise UserError(f"--size must be >= 0 (0 keeps the image size), got {size}")
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
@@ -211,6 +231,13 @@ def render_attention(
     if p is None:
         raise UserError(f"{cfg.model.arch}: attention maps need a ViT backbone")
     _last_attention(model)
+    trained = int(cfg.data.global_size)
+    if size is None:
+        size = trained
+    note = None
+    if size and size != trained:
+        note = (f"drawn at {size} px on the shorter side; the run trained at {trained} px (data.global_size): "
+                f"a {size // p}-patch side instead of {trained // p}; leave --size out to draw at {trained} px")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
@@ -218,14 +245,16 @@ def render_attention(
         image = read_image(path, size, p)
         maps = cls_attention(model, to_tensor(image, cfg.data.mean, cfg.data.std).to(device))[0].cpu()
         name = f"{Path(path).stem}-attention.png"
-        title = f"{Path(path).name}  {cfg.model.arch} {which}{' (random init)' if random_init else ''}  step {loaded.source['step']}"
+        title = (f"{Path(path).name}  {loaded.source['model']}  {which}{' (random init)' if random_init else ''}  "
+                 f"step {loaded.source['step']}")
         save_attention_grid(out / name, image, maps, p, threshold, title)
         entry = {"image": str(path), "png": str(out / name), "height": int(image.shape[0]), "width": int(image.shape[1]),
                  "grid": [int(maps.shape[1]), int(maps.shape[2])], "heads": int(maps.shape[0])}
         if threshold is not None:
             entry["share_of_patches_for_mass"] = [round(float(m.float().mean()), 4) for m in mass_mask(maps, threshold)]
         drawn.append(entry)
-    result = {"checkpoint": loaded.source, "patch_size": p, "threshold": threshold, "size": size, "images": drawn}
+    result = {"checkpoint": loaded.source, "patch_size": p, "threshold": threshold, "size": size,
+              "trained_size": trained, "note": note, "images": drawn}
     atomic_write_json(out / "attention.json", result)
     return result
 

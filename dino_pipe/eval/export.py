@@ -7,8 +7,10 @@ so timm loads it with no key surgery::
                               pretrained_cfg_overlay=dict(file="backbone.safetensors"), **arch_kwargs)
 
 ``backbone.json`` beside it records ``arch``, ``arch_kwargs`` (those the run used, including the
-ones dino-pipe adds for ViTs: ``dynamic_img_size``, ``global_pool``), the embedding size and the
-source checkpoint.
+ones dino-pipe adds for ViTs: ``dynamic_img_size``, ``global_pool``), the embedding size, the
+source checkpoint and ``pretrained_cfg``: the normalisation mean/std the run trained with and its
+input size, so that passing it as ``pretrained_cfg_overlay`` gives timm's data config
+(``timm.data.resolve_data_config({}, model=model)``) the run's statistics, not ImageNet's.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "te
     meta = {"format": "dino-pipe-backbone", "arch": cfg.model.arch, "which": which, "step": str(loaded.source["step"])}
     with atomic_open(out, "wb") as f:  # a failed write (disk full) leaves no partial or temporary file
         f.write(save(state, metadata=meta))
+    size = int(cfg.data.global_size)
+    pretrained_cfg = {"file": str(out), "mean": [float(v) for v in cfg.data.mean], "std": [float(v) for v in cfg.data.std],
+                      "input_size": [3, size, size], "interpolation": "bicubic", "num_classes": 0}
     info = {
         "file": str(out),
         "arch": cfg.model.arch,
@@ -56,9 +61,11 @@ def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "te
         "num_features": int(getattr(model, "num_features", 0)),
         "parameters": int(sum(v.numel() for v in state.values())),
         "source": loaded.source,
+        "pretrained_cfg": pretrained_cfg,
         "timm_version": timm.__version__,
         "load": (f"timm.create_model({cfg.model.arch!r}, pretrained=True, num_classes=0, "
-                 f"pretrained_cfg_overlay=dict(file={out.name!r}), **arch_kwargs)"),
+                 f"pretrained_cfg_overlay=pretrained_cfg, **arch_kwargs)  "
+                 f"# arch_kwargs and pretrained_cfg (file, mean, std, input_size) from {sidecar_path(out)}"),
     }
     atomic_write_json(sidecar_path(out), info)
     return info
@@ -75,6 +82,7 @@ def load_exported(path: str | Path) -> torch.nn.Module:
     if not path.is_file() or not side.is_file():
         raise UserError(f"{path}: exported backbone or its sidecar {side.name} not found")
     info = json.loads(side.read_text())
+    overlay = {**info.get("pretrained_cfg", {}), "file": str(path)}
     model = timm.create_model(info["arch"], pretrained=True, num_classes=0,
-                              pretrained_cfg_overlay=dict(file=str(path)), **info["arch_kwargs"])
+                              pretrained_cfg_overlay=overlay, **info["arch_kwargs"])
     return model.eval()

@@ -29,8 +29,25 @@ def checkpoint_facts(checkpoint: str | Path, which: str = "teacher", random_init
     model = ck["config"].get("model", {})
     source = {"checkpoint": str(Path(path).resolve()), "which": which, "random_init": bool(random_init),
               "step": int(ck.get("step", 0)), "epoch": int(ck.get("epoch", 0)),
-              "arch": model.get("arch"), "arch_kwargs": model.get("arch_kwargs", {})}
+              "arch": model.get("arch"), "arch_kwargs": model.get("arch_kwargs", {}),
+              "model": built_model(ck["config"])}
     return ck["config"], source
+
+
+def built_model(config: dict) -> str:
+    """The backbone a run's config builds, described from the built model (on the meta device: no memory)."""
+    import torch
+
+    from dino_pipe.models.backbone import create_backbone, describe
+
+    cfg = config_from_dict(config)
+    try:
+        with torch.device("meta"):
+            model = create_backbone(cfg.model)
+    except Exception:  # an architecture that cannot be built on the meta device: its name and arguments
+        given = " ".join(f"{k}={v}" for k, v in cfg.model.arch_kwargs.items())
+        return f"timm {cfg.model.arch}{', ' + given if given else ''}"
+    return describe(model, cfg.model.arch, cfg.model.arch_kwargs)
 
 
 def labelled_shardset(path: str | Path) -> dict:

@@ -132,12 +132,27 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
         "knn": {"temperature": job.temperature, "ks": list(job.ks), "weights": "exp(similarity / T)",
                 "feature_dtype": cfg.eval.feature_dtype if not job.load_features else str(queries.dtype).replace("torch.", ""),
                 "feature_dim": int(queries.shape[1]), "normalized": True},
-        "results": [{"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)]} for k in job.ks],
+        "results": [{"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)],
+                     **k_note(k, n_train, num_classes)} for k in job.ks],
         "features": {"saved": job.save_features, "loaded": job.load_features},
         "world_size": ctx.world_size,
         "device": ctx.device.type,
         "seconds": {"features": round(t_features, 3), "knn": round(t_knn, 3)},
     }
+
+
+def k_note(k: int, n_train: int, num_classes: int) -> dict:
+    """``{"note": ...}`` when ``k`` is too large for the bank to mean what it says, else ``{}``.
+
+    Beyond the bank, k is capped to its size; beyond the bank's average class size, most of the k
+    neighbours must come from other classes, so the vote measures the class sizes more than the features.
+    """
+    if k > n_train:
+        return {"note": f"k capped to the bank size {n_train}"}
+    per_class = n_train / max(num_classes, 1)
+    if num_classes > 1 and k > per_class:
+        return {"note": f"k exceeds the bank's average class size ({per_class:.0f}): most neighbours are from other classes"}
+    return {}
 
 
 def evaluate_knn(

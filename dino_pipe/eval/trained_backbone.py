@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from dino_pipe.config import Config, config_from_dict
 from dino_pipe.errors import UserError
-from dino_pipe.models.backbone import create_backbone
+from dino_pipe.models.backbone import create_backbone, describe
 from dino_pipe.train.checkpoint import find_checkpoint, load_checkpoint
 
 WHICH = ("teacher", "student")
@@ -77,5 +77,6 @@ def load_backbone(checkpoint: str | Path, which: str = "teacher", *, random_init
         "epoch": int(ckpt.get("epoch", 0)),
         "arch": cfg.model.arch,
         "arch_kwargs": dict(cfg.model.arch_kwargs),
+        "model": describe(model, cfg.model.arch, cfg.model.arch_kwargs),
     }
     return LoadedBackbone(model=model, config=cfg, source=source)

@@ -48,3 +48,19 @@ def patch_size(model: nn.Module) -> int | None:
         return None
     ps = pe.patch_size
     return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def describe(model: nn.Module, arch: str, arch_kwargs: dict | None = None) -> str:
+    """The backbone as built, for titles: the timm name alone can mislead once ``arch_kwargs``
+    change it (``vit_tiny_patch16_224`` with ``patch_size=8`` has 8-px patches).
+
+    e.g. ``ViT patch 8, 4 blocks, 192-d (timm vit_tiny_patch16_224, patch_size=8 depth=4 img_size=32)``.
+    """
+    given = " ".join(f"{k}={v}" for k, v in (arch_kwargs or {}).items())
+    name = f"timm {arch}, {given}" if given else f"timm {arch}"
+    p = patch_size(model)
+    if p is None:
+        return f"{type(model).__name__} {model.num_features}-d ({name})"
+    blocks = getattr(model, "blocks", None)
+    depth = f"{len(blocks)} blocks, " if blocks is not None else ""
+    return f"ViT patch {p}, {depth}{model.num_features}-d ({name})"

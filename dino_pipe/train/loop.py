@@ -74,15 +74,31 @@ def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Pa
     return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
 
 
-def check_data(data: str | Path) -> None:
-    """Fail early (before any process starts) when the shard set is missing."""
+def check_data(data: str | Path) -> str | Path:
+    """Fail early (before any process starts) when the shard set is missing; return the set to read.
+
+    A parent folder as ``dino-pipe shard`` writes it (``train/`` and ``val/`` shard sets, no manifest
+    of its own) means its ``train/`` set, as with ``verify``; the choice is printed in one line.
+    """
     if parse_synthetic(data) is not None:
-        return
+        return data
     p = Path(data)
     if not p.exists():
         raise UserError(f"--data {p}: no such shard set (make one with `dino-pipe shard`)")
     if p.is_dir() and not (p / "manifest.json").is_file():
+        sets = sorted(c.name for c in p.iterdir() if (c / "manifest.json").is_file())
+        if "train" in sets:
+            from dino_pipe.progress import console
+
+            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
+                console.print(f"--data {p}: a parent of shard sets ({', '.join(sets)}); training on {p / 'train'}",
+                              highlight=False, soft_wrap=True)
+            return p / "train"
+        if sets:
+            raise UserError(f"--data {p}: not a shard set itself; it holds the shard sets {', '.join(sets)}: "
+                            f"give one of them, e.g. --data {p / sets[0]}")
         raise UserError(f"--data {p}: not a shard set (no manifest.json; make one with `dino-pipe shard`)")
+    return data
 
 
 def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
@@ -115,30 +131,31 @@ def check_run_dir(output: Path) -> None:
 
 
 def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None = None, procs: int = 1,
-          progress: bool = True) -> dict:
+          progress: bool = True, extend: bool = False) -> dict:
     """Train DINO on ``data`` (a shard set, or ``synthetic[:N]``) into run dir ``output``.
 
     ``gpus``: number of local GPUs (one process each, NCCL); ``None`` = all visible GPUs, 0 = CPU,
     where ``procs`` gloo processes run (default 1, in this process). Under torchrun or a
     multi-task SLURM step this process joins the job as launched. Rerunning on the same ``output``
-    resumes from its newest checkpoint. Returns the summary (also written to ``output/summary.json``).
+    resumes from its newest checkpoint. ``extend``: the resumed run may have a different
+    ``train.epochs`` (more, to train a finished run further); the schedules are recomputed for the
+    new length. Returns the summary (also written to ``output/summary.json``).
     """
-    data = local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0)
-    check_data(data)
+    data = check_data(local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0))
     output = Path(output)
     check_run_dir(output)
     if gpus is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     env = D.launched_env(gpus)
     if env is not None:
-        return run_worker(env, cfg, data, output, progress) or {}
+        return run_worker(env, cfg, data, output, progress, extend) or {}
     device, nprocs = D.check_local_request(gpus, procs)
     if nprocs == 1:
-        return run_worker(D.DistEnv(device=device), cfg, data, output, progress)
-    return _spawn(device, nprocs, cfg, data, output, progress)
+        return run_worker(D.DistEnv(device=device), cfg, data, output, progress, extend)
+    return _spawn(device, nprocs, cfg, data, output, progress, extend)
 
 
-def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: bool) -> dict:
+def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: bool, extend: bool = False) -> dict:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -146,7 +163,7 @@ def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: 
     port = D.free_port()
     try:
         with D.quiet_spawn_log():
-            mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue),
+            mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue, extend),
                      nprocs=nprocs, join=True)
     except (mp.ProcessRaisedException, mp.ProcessExitedException):
         while not queue.empty():
@@ -163,13 +180,13 @@ def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: 
 
 
 def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Config, data: str, output: str,
-                 progress: bool, queue) -> None:
+                 progress: bool, queue, extend: bool = False) -> None:
     if device == "cpu" and cfg.train.cpu_threads == 0:
         torch.set_num_threads(max(1, available_cores() // world))
     env = D.DistEnv(rank=local_rank, world_size=world, local_rank=local_rank, device=device,
                     master_addr="127.0.0.1", master_port=port, launcher="local")
     try:
-        summary = run_worker(env, cfg, data, Path(output), progress)
+        summary = run_worker(env, cfg, data, Path(output), progress, extend)
     except UserError as e:
         queue.put(("error", str(e), e.exit_code))
         raise SystemExit(e.exit_code) from None
@@ -180,13 +197,14 @@ def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Confi
         queue.put(("ok", summary))
 
 
-def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True) -> dict | None:
+def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,
+               extend: bool = False) -> dict | None:
     """One rank's whole run (process group set up and torn down here). Rank 0 returns the summary."""
     if env.device == "cpu" and cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
     D.init_process_group(env)
     try:
-        return _Run(env, cfg, data, output, progress).run()
+        return _Run(env, cfg, data, output, progress, extend).run()
     finally:
         D.destroy_process_group()
 
@@ -217,8 +235,9 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 class _Run:
-    def __init__(self, env: D.DistEnv, cfg: Config, data, output: Path, progress: bool):
+    def __init__(self, env: D.DistEnv, cfg: Config, data, output: Path, progress: bool, extend: bool = False):
         self.env, self.cfg, self.data, self.run_dir = env, cfg, data, Path(output)
+        self.extend = extend
         self.show_progress = progress and env.is_main
 
     # -- resume ---------------------------------------------------------------------------------
@@ -258,6 +277,13 @@ class _Run:
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
             diffs = config_differences(ckpt["config"], cfg.to_dict())
+            epochs_changed = [d for d in diffs if d.startswith("train.epochs:")]
+            if self.extend:
+                diffs = [d for d in diffs if not d.startswith("train.epochs:")]
+            elif epochs_changed and len(diffs) == 1:
+                raise UserError(f"{self.run_dir} holds a run of {ckpt['config']['train']['epochs']} epochs; to train it to "
+                                f"{cfg.train.epochs} epochs add --extend (the schedules are then recomputed for "
+                                f"{cfg.train.epochs} epochs), or use a new --output")
             if diffs:
                 raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
                                 "rerun with the same config to resume, or use a new --output")
@@ -279,6 +305,17 @@ class _Run:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
                 raise UserError(f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}") from None
             step = int(ckpt["step"])
+            old_epochs = int(ckpt["config"]["train"]["epochs"])
+            if old_epochs != cfg.train.epochs:
+                if step > trainer.total_steps:
+                    raise UserError(f"--extend: {resume} is at step {step}, beyond {cfg.train.epochs} epochs "
+                                    f"({trainer.total_steps} steps); give more epochs than the run has done")
+                if env.is_main:
+                    from dino_pipe.progress import console
+
+                    console.print(f"extending {self.run_dir} from {old_epochs} to {cfg.train.epochs} epochs at step "
+                                  f"{step}: the lr, weight-decay, teacher-momentum and teacher-temperature schedules "
+                                  f"are recomputed for {cfg.train.epochs} epochs", highlight=False, soft_wrap=True)
             loader.load_state_dict(_per_rank(ckpt, "data", env))
             set_rng_state(_per_rank(ckpt, "rng", env), trainer.device)
         else:
@@ -358,7 +395,7 @@ class _Run:
                     if task is not None and log_now:
                         v = res.values
                         progress.update(task, completed=step, info=(
-                            f"ep {step // steps_per_epoch} loss {last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
+                            f"ep {step / steps_per_epoch:.2f}/{stop_at / steps_per_epoch:g} loss {last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
                             f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} {rates['images_per_s']:.0f} img/s "
                             f"wait {rates['data_wait_pct']:.0f}%"))
                     elif task is not None:

@@ -14,6 +14,14 @@ medians, sha256 MB/s and the ratio "CPU ms to hash one image's bytes / CPU ms to
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('numpy')
+
 import argparse
 import json
 import statistics
@@ -94,4 +102,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install():
+        main()

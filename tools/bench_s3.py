@@ -20,6 +20,14 @@ from the server log). Prints medians, the warm/local ratio and the 1-minute load
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require('boto3', extras='dev')
+
 import argparse
 import json
 import os
@@ -178,4 +186,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install('dev'):
+        main()

@@ -24,6 +24,14 @@ rehearses); ``--quick`` shrinks it further.
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from install_hint import needs_install, require  # noqa: E402
+
+require()
+
 import argparse
 import json
 import os
@@ -519,4 +527,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with needs_install():
+        raise SystemExit(main())

@@ -153,7 +153,8 @@ def shard_cmd(
     from rich import box
     from rich.table import Table
 
-    from dino_pipe.shards.writer import ShardOptions, shard_tree
+    from dino_pipe.shards.options import ShardOptions
+    from dino_pipe.shards.writer import shard_tree
 
     check_outputs({"--output": output})
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,

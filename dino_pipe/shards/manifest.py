@@ -22,9 +22,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dino_pipe import __version__
 from dino_pipe.atomic import atomic_write_json
 from dino_pipe.errors import UserError
+
+if TYPE_CHECKING:
+    from dino_pipe.shards.layout import SourceSplit
+    from dino_pipe.shards.options import ShardOptions
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dino-pipe-shards"
@@ -86,3 +92,37 @@ def load_manifest(path: str | os.PathLike) -> dict:
     if not data["shards"] or data["num_samples"] <= 0:
         raise UserError(f"shard set {folder} is empty (0 samples in {MANIFEST_NAME})")
     return data
+
+
+def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptions, records: list[dict]) -> dict:
+    """The manifest of a finished shard set, from its journal records (shards in number order)."""
+    from dino_pipe.shards.options import default_workers
+
+    conversions: dict[str, int] = {}
+    skipped = []
+    for r in records:
+        skipped += r["skipped"]
+        for k, v in r["conversions"].items():
+            conversions[k] = conversions.get(k, 0) + v
+    shards = [{"file": r["file"], "index": r["index"], "samples": r["samples"], "bytes": r["bytes"], "sha256": r["sha256"]}
+              for r in records if r["samples"]]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "split": split.name,
+        "num_samples": sum(s["samples"] for s in shards),
+        "classes": split.classes,
+        "labeled": split.labels is not None,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "ignored": split.ignored,
+        "skipped_links": split.skipped_links,
+        "converted": sum(conversions.values()),
+        "conversions": dict(sorted(conversions.items())),
+        "options": {**options.output_options(), "workers": options.workers or default_workers()},
+        "source": source,
+        "source_files": len(split),
+        "source_digest": split.digest,
+        "fingerprint": fp,
+        "dino_pipe_version": __version__,
+    }

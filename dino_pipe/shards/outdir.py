@@ -30,7 +30,7 @@ from dino_pipe.shards.layout import SourceSplit
 from dino_pipe.shards.manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from dino_pipe.shards.writer import ShardOptions
+    from dino_pipe.shards.options import ShardOptions
 
 
 def fingerprint(source: str, split: SourceSplit, options: ShardOptions) -> str:

@@ -253,7 +253,7 @@ def verify_shardset(path: str | os.PathLike, workers: int = 0, device: str = "au
     Returns ``{"path", "ok", "sets": [report per set]}``; UserError when there is nothing to verify.
     """
     from dino_pipe.progress import make_progress
-    from dino_pipe.shards.writer import default_workers
+    from dino_pipe.shards.options import default_workers
 
     root = Path(path)
     if not root.exists():

@@ -1,6 +1,6 @@
-"""The ``dino-pipe`` command line: parse, load config, call one function of one room, print.
+"""The ``dino-pipe`` command line: parse, load config, call one function of one package, print.
 
-Every command is a thin wrapper: the work is a plain function in its room that returns a result
+Every command is a thin wrapper: the work is a plain function in its package that returns a result
 (a dict or an object with ``to_dict``); this module prints it with rich and writes it as JSON.
 User errors (:class:`~dino_pipe.errors.UserError`) become one ``error: ...`` line and a
 non-zero exit code, never a traceback.
@@ -128,7 +128,7 @@ def print_json(result: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# shards room: shard, verify
+# shards package: shard, verify
 # ----------------------------------------------------------------------------------------------
 
 
@@ -137,16 +137,16 @@ def print_json(result: Any) -> None:
 def shard_cmd(
     src: Path = typer.Argument(..., help="Image tree: SRC/train/<class>/… (+ SRC/val/<class>/…), SRC/<class>/…, or a folder of images."),
     out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or s3://bucket/prefix (default: shards/<name of SRC>)."),
-    layout: str = typer.Option("auto", help="auto | imagenet | imagefolder | unlabeled."),
+    layout: str = typer.Option("auto", metavar="[auto|imagenet|imagefolder|unlabeled]", help="Source tree layout (auto: detected)."),
     shard_samples: int = typer.Option(1000, help="Max samples per shard (0 = no limit)."),
     shard_mb: float = typer.Option(128.0, help="Target max shard size in MB (0 = no limit)."),
     seed: int = typer.Option(0, help="Seed of the shuffle across shards."),
     quality: int = typer.Option(95, help="JPEG quality of converted images."),
     max_side: Optional[int] = typer.Option(None, help="Downscale (and re-encode) images whose longer side exceeds N pixels."),
-    check: str = typer.Option("structure", help="structure: strict JPEG structure check (fast) | decode: also decode kept JPEGs at 1/8 scale."),
+    check: str = typer.Option("structure", metavar="[structure|decode]", help="structure: strict JPEG structure check (fast); decode: also decode kept JPEGs at 1/8 scale."),
     workers: int = typer.Option(0, help="Worker processes (0 = all cores); the output does not depend on it."),
     force: bool = typer.Option(False, "--force", help="Replace a different shard set (or foreign tar/idx files) already in OUT."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Also write the result as JSON here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Image tree -> validated, deterministic WebDataset shards (+ DALI .idx + manifest.json)."""
@@ -156,7 +156,7 @@ def shard_cmd(
     from dino_pipe.shards.options import ShardOptions
     from dino_pipe.shards.writer import shard_tree
 
-    check_outputs({"--output": output})
+    check_outputs({"--json": json_path})
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
                            max_side=max_side, check=check, workers=workers)
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
@@ -179,7 +179,7 @@ def shard_cmd(
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
                       f"paths and reasons are under 'skipped' in {s['out']}/manifest.json")
-    write_json(output, result)
+    write_json(json_path, result)
 
 
 @app.command("verify")
@@ -187,8 +187,8 @@ def shard_cmd(
 def verify_cmd(
     shardset: str = typer.Argument(..., help="A shard set folder or s3://bucket/prefix (or a parent holding train/ and val/ sets)."),
     workers: int = typer.Option(0, help="Threads for checksums and DALI decoding (0 = all cores)."),
-    device: str = typer.Option("auto", help="auto (GPU decoding when CUDA is present) | cpu | gpu."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Also write the report as JSON here."),
+    device: str = typer.Option("auto", metavar="[auto|cpu|gpu]", help="auto: GPU decoding when CUDA is present."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Re-read a shard set: sha256 vs manifest, sample counts, .idx vs tar, every image decoded by DALI."""
@@ -198,7 +198,7 @@ def verify_cmd(
     from dino_pipe.shards.verify import verify_shardset
     from dino_pipe.storage.url import is_remote
 
-    check_outputs({"--output": output})
+    check_outputs({"--json": json_path})
     if is_remote(shardset):
         from dino_pipe.storage.verify import verify_remote
 
@@ -222,13 +222,13 @@ def verify_cmd(
             where = "/".join(x for x in (s["path"], p["shard"]) if x)
             sample = f" sample {p['sample']}:" if p["sample"] else ""
             err.print(f"[bold red]bad:[/] {where}:{sample} {p['problem']}", highlight=False, soft_wrap=True)
-    write_json(output, result)
+    write_json(json_path, result)
     if not result["ok"]:
         raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
-# data room: bench loader
+# data package: bench loader
 # ----------------------------------------------------------------------------------------------
 
 
@@ -236,7 +236,7 @@ def verify_cmd(
 @user_errors
 def bench_loader_cmd(
     shardset: str = typer.Argument(..., help="Shard set folder (shard-*.tar, *.idx, manifest.json) or s3://bucket/prefix."),
-    device: str = typer.Option("cpu", "--device", help="cpu (CPU operators) or gpu (nvJPEG + GPU operators)."),
+    device: str = typer.Option("cpu", "--device", metavar="[cpu|gpu]", help="cpu: CPU operators; gpu: nvJPEG + GPU operators."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
     threads: int = typer.Option(0, "--threads", help="DALI CPU threads (0 = cores / local processes)."),
     n_local: int = typer.Option(10, "--n-local", help="Local crops per image (plus 2 global)."),
@@ -245,11 +245,11 @@ def bench_loader_cmd(
     steps: int = typer.Option(20, "--steps", help="Timed batches."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed batches first."),
     reference: bool = typer.Option(False, "--reference", help="Time the PIL/torchvision reference loader instead."),
-    interp: str = typer.Option("gaussian", "--interp", help="DALI crop resize filter (data.interp): gaussian, cubic or linear."),
+    interp: str = typer.Option("gaussian", "--interp", metavar="[gaussian|cubic|linear]", help="DALI crop resize filter (data.interp)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
 ) -> None:
     """Images/s (and views/s) of the DALI multi-crop loader on a shard set."""
-    from dino_pipe.config import DataConfig
+    from dino_pipe.config import DataConfig, Interp, check_choice
     from dino_pipe.data.bench import bench_loader
     from dino_pipe.data.loader import default_threads
 
@@ -257,8 +257,7 @@ def bench_loader_cmd(
         raise UserError(f"--device {device}: use cpu or gpu")
     check_outputs({"--json": json_path})
     threads = threads or default_threads(DataConfig(), 1, "gpu" if device in ("gpu", "cuda") else "cpu")
-    if interp not in ("gaussian", "cubic", "linear"):
-        raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
+    check_choice(interp, Interp, "--interp")
     result = bench_loader(_local_shardset(shardset), DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",
                           batch_size=batch_size,
                           threads=threads, n_local=n_local, steps=steps, warmup=warmup,
@@ -271,7 +270,7 @@ def bench_loader_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
-# train room: train, bench train
+# train package: train, bench train
 # ----------------------------------------------------------------------------------------------
 
 
@@ -281,7 +280,7 @@ def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Preset YAML (configs/*.yaml); defaults if omitted."),
     data: str = typer.Option(..., "--data", help="Shard set folder (or synthetic[:N] for random tensors)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Run directory; rerunning on it resumes."),
+    output: Path = typer.Option(..., "--out", "-o", help="Run directory; rerunning on it resumes."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (= train.epochs=N)."),
@@ -335,7 +334,7 @@ def bench_train_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
-# eval room: eval knn, eval linear, viz attention, export
+# eval package: eval knn, eval linear, viz attention, export
 # ----------------------------------------------------------------------------------------------
 
 
@@ -358,10 +357,10 @@ def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]
 @user_errors
 def eval_knn_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."),
     train: Optional[str] = typer.Option(None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set (folder or s3://…): the queries."),
-    which: str = typer.Option("teacher", "--which", help="teacher (DINO protocol) or student."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="teacher: the DINO protocol."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
     k: Optional[list[int]] = typer.Option(None, "--k", help="Neighbours; repeat for several (default 10 20 100 200)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Vote weight exp(sim / T) (default 0.07)."),
@@ -372,14 +371,14 @@ def eval_knn_cmd(
     load_features: Optional[Path] = typer.Option(None, "--load-features", help="Read features saved by --save-features (no network run)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result (accuracies, protocol, sources) as JSON."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here."),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
     from rich.table import Table
 
     from dino_pipe.eval.knn_eval import evaluate_knn
 
-    check_outputs({"--output": output}, {"--save-features": save_features})
+    check_outputs({"--json": json_path}, {"--save-features": save_features})
     result = evaluate_knn(
         checkpoint, train and _local_shardset(train), val and _local_shardset(val), which=which, random_init=random_init, ks=tuple(k) if k else None,
         temperature=temperature, save_features=save_features, load_features=load_features,
@@ -403,18 +402,18 @@ def eval_knn_cmd(
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
-    write_json(output, result)
+    write_json(json_path, result)
 
 
 @eval_app.command("linear")
 @user_errors
 def eval_linear_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."),
     train: str = typer.Option(..., "--train", help="Labelled shard set (folder or s3://…) to train the classifier on."),
     val: str = typer.Option(..., "--val", help="Labelled shard set (folder or s3://…) to report top-1/top-5 on."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."),
-    which: str = typer.Option("teacher", "--which", help="teacher or student."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for a global batch of 256 (default 1e-3)."),
@@ -458,13 +457,13 @@ def eval_linear_cmd(
 @user_errors
 def viz_attention_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size: cropped to a multiple of the patch)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
-    which: str = typer.Option("teacher", "--which", help="teacher or student."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; 0 = keep the image size)."),
     threshold: Optional[float] = typer.Option(0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar="[auto|cpu|cuda]", help="auto: cuda when present."),
 ) -> None:
     """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
     import torch
@@ -494,9 +493,9 @@ def viz_attention_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."),
     out_file: Path = typer.Option(..., "--out", "-o", help="Output FILE.safetensors (a FILE.json sidecar goes beside it)."),
-    which: str = typer.Option("teacher", "--which", help="teacher (default) or student."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
 ) -> None:
     """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
     from dino_pipe.eval.export import export_backbone, sidecar_path
@@ -511,7 +510,7 @@ def export_cmd(
 @user_errors
 def viz_curves_cmd(
     run_dir: Path = typer.Argument(..., help="A dino-pipe train run directory (reads its metrics.jsonl)."),
-    knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --output); repeat."),
+    knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --json); repeat."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
     k: int = typer.Option(20, "--k", help="Which k of the k-NN results to draw."),
 ) -> None:

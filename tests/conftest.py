@@ -64,7 +64,7 @@ def write_minimal_shardset(out: Path, samples: list[tuple[str, bytes, int | None
     against DALI's ``wds2idx``; no console script needed, so this works where DALI is installed with
     ``pip --target``).
 
-    Layout (the contract between the shards and data rooms): ``out/shard-000000.tar`` (+ ``.idx``),
+    Layout (the contract between the shards and data packages): ``out/shard-000000.tar`` (+ ``.idx``),
     ... and ``out/manifest.json`` with ``num_samples``, ``classes`` and ``shards`` entries.
     """
     import hashlib

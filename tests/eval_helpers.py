@@ -1,4 +1,4 @@
-"""Helpers for the eval-room tests: tiny checkpoints in the trainer's format."""
+"""Helpers for the eval-package tests: tiny checkpoints in the trainer's format."""
 
 from __future__ import annotations
 

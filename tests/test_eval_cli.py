@@ -1,4 +1,4 @@
-"""The eval room's commands: one error line (no traceback) for bad inputs; the happy paths print and write JSON."""
+"""The eval package's commands: one error line (no traceback) for bad inputs; the happy paths print and write JSON."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_knn_from_saved_features_prints_a_table_and_writes_json(tmp_path):
         save_features(tmp_path / "f" / f"{split}.safetensors", feats, torch.arange(n) % 3,
                       {"num_classes": 3, "classes": ["a", "b", "c"], "checkpoint": {"arch": "x", "which": "teacher"}})
     code, output, _ = _run(["eval", "knn", "--load-features", tmp_path / "f", "--k", 5, "--k", 20, "--k", 50,
-                            "-o", tmp_path / "r.json"])
+                            "--json", tmp_path / "r.json"])
     assert code == 0, output
     assert "top-1" in output and "50 (-> 40)" in output
     # k beyond the bank is capped, k beyond the average class size (40 / 3) is flagged: said in the table and JSON

@@ -167,7 +167,7 @@ def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
     def cli(data, run_dir):
-        return [sys.executable, "-m", "dino_pipe", "train", "--data", str(data), "--output", str(run_dir), "--gpus", "0", "-q",
+        return [sys.executable, "-m", "dino_pipe", "train", "--data", str(data), "--out", str(run_dir), "--gpus", "0", "-q",
                 *TINY, "train.epochs=1", "train.checkpoint_every_steps=2", "model.drop_path=0.1"]
 
     subprocess.run(cli(tiny_shardset, tmp_path / "full"), check=True, env=env, capture_output=True, timeout=300)
@@ -201,7 +201,7 @@ def test_eval_knn_from_s3_equals_local(s3, tiny_shardset, tmp_path):
     results = []
     for data, name in ((tiny_shardset, "local"), (url, "s3")):
         code, text = invoke(["eval", "knn", "--checkpoint", ckpt, "--train", data, "--val", data, "--gpus", "0",
-                             "--k", 5, "--resize", 40, "--crop", 32, "-o", tmp_path / f"{name}.json"])
+                             "--k", 5, "--resize", 40, "--crop", 32, "--json", tmp_path / f"{name}.json"])
         assert code == 0, text
         results.append(json.loads((tmp_path / f"{name}.json").read_text())["results"])
     assert results[0] == results[1]
@@ -215,14 +215,14 @@ def test_each_store_error_is_one_line(s3, tmp_path, monkeypatch, tiny_shardset, 
     run = tmp_path / "run"
     code, text = invoke(["verify", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", "-q"])
     assert_one_error_line(code, text, "does not exist")
-    code, text = invoke(["train", "--data", f"s3://{s3.bucket}/err/nothing", "--output", run, "--gpus", "0", "-q"])
+    code, text = invoke(["train", "--data", f"s3://{s3.bucket}/err/nothing", "--out", run, "--gpus", "0", "-q"])
     assert_one_error_line(code, text, "has no manifest.json")
     code, text = invoke(["shard", image_tree, "--out", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/set", "-q"])
     assert_one_error_line(code, text, "does not exist")
 
     with monkeypatch.context() as m:
         m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-        code, text = invoke(["train", "--data", url, "--output", run, "--gpus", "0", "-q"])
+        code, text = invoke(["train", "--data", url, "--out", run, "--gpus", "0", "-q"])
         assert_one_error_line(code, text, "cannot reach the S3 endpoint")
     with monkeypatch.context() as m:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
@@ -250,7 +250,7 @@ def test_wrong_credentials_are_one_line(monkeypatch, tmp_path):
 
 def test_urls_are_refused_where_only_local_paths_are_taken(tmp_path, monkeypatch, tiny_shardset):
     monkeypatch.chdir(tmp_path)
-    code, text = invoke(["train", "--data", tiny_shardset, "--output", "s3://bucket/run", "--gpus", "0", "-q"])
+    code, text = invoke(["train", "--data", tiny_shardset, "--out", "s3://bucket/run", "--gpus", "0", "-q"])
     assert_one_error_line(code, text, "output s3://bucket/run: s3:// locations are not supported here")
     code, text = invoke(["shard", "s3://bucket/images", "--out", tmp_path / "x", "-q"])
     assert_one_error_line(code, text, "s3:// locations are not supported here")
@@ -337,11 +337,11 @@ def test_shard_verify_train_eval_end_to_end_on_s3(s3, image_tree, tmp_path):
     code, text = invoke(["verify", url, "-q", "--device", "cpu"])
     assert code == 0 and "ok" in text, text
     run = tmp_path / "run"
-    code, text = invoke(["train", "--data", url, "--output", run, "--gpus", "0", "-q", *TINY, "data.batch_size=8",
+    code, text = invoke(["train", "--data", url, "--out", run, "--gpus", "0", "-q", *TINY, "data.batch_size=8",
                          "train.epochs=1"])
     assert code == 0, text
     code, text = invoke(["eval", "knn", "--checkpoint", run, "--train", url, "--val", url, "--gpus", "0", "--k", 5,
-                         "--resize", 40, "--crop", 32, "-o", tmp_path / "knn.json"])
+                         "--resize", 40, "--crop", 32, "--json", tmp_path / "knn.json"])
     assert code == 0 and json.loads((tmp_path / "knn.json").read_text())["results"][0]["k"] == 5, text
     code, text = invoke(["eval", "linear", "--checkpoint", run, "--train", url, "--val", url, "--out", tmp_path / "lin",
                          "--gpus", "0", "--epochs", 1, "--batch-size", 8, "--resize", 40, "--crop", 32, "--n-last-blocks", 1])

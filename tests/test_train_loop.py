@@ -59,7 +59,7 @@ def test_run_dir_layout_checkpoints_and_resume(tmp_path):
 
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dino_pipe", "train", "--data", "synthetic:48", "--output", str(run_dir),
+    return [sys.executable, "-m", "dino_pipe", "train", "--data", "synthetic:48", "--out", str(run_dir),
             "--gpus", "0", "-q", *TINY, "train.epochs=2", "train.checkpoint_every_steps=2", "model.drop_path=0.1", *extra]
 
 
@@ -149,13 +149,13 @@ def test_cli_user_errors_are_one_line(tmp_path, tiny_shardset):
 
     runner = CliRunner()
     cases = [
-        (["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "r"), "--gpus", "0"], "no such shard set"),
-        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "model.nope=1"], "unknown config key"),
-        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "optim.clip_mode=foo"], "optim.clip_mode"),
-        (["train", "--data", str(tiny_shardset), "--output", str(tmp_path / "r"), "--gpus", "0", "data.batch_size=1000"], "batch"),
+        (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--gpus", "0"], "no such shard set"),
+        (["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "0", "model.nope=1"], "unknown config key"),
+        (["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "0", "optim.clip_mode=foo"], "optim.clip_mode"),
+        (["train", "--data", str(tiny_shardset), "--out", str(tmp_path / "r"), "--gpus", "0", "data.batch_size=1000"], "batch"),
     ]
     if not torch.cuda.is_available():
-        cases.append((["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "2"], "--gpus 2 requested"))
+        cases.append((["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "2"], "--gpus 2 requested"))
     for args, needle in cases:
         res = runner.invoke(app, args)
         text = res.output
@@ -247,7 +247,7 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     parent = tmp_path / "shards"
     parent.mkdir()
     (parent / "train").symlink_to(tiny_shardset, target_is_directory=True)
-    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r"), "--gpus", "0", "-q",
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r"), "--gpus", "0", "-q",
                                    "--epochs", "1", "--batch-size", "4", *[t for t in TINY if "batch_size" not in t],
                                    "train.max_steps=1"])
     assert res.exit_code == 0, res.output
@@ -256,5 +256,5 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     assert cfg["train"]["epochs"] == 1 and cfg["data"]["batch_size"] == 4
     (parent / "train").unlink()
     (parent / "val").symlink_to(tiny_shardset, target_is_directory=True)
-    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r2"), "--gpus", "0"])
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r2"), "--gpus", "0"])
     assert res.exit_code != 0 and "holds the shard sets val" in res.output and "Traceback" not in res.output

@@ -301,8 +301,8 @@ class Check:
              log, deadline)
         shard_json, verify_json = self.out / "data_shard_raw.json", self.out / "data_verify_raw.json"
         must([*DP, "shard", str(tree), "--out", str(self.shards), "--force", "--quiet", "--shard-samples", "256",
-              "--output", str(shard_json)], log, deadline)
-        must([*DP, "verify", str(self.shards), "--quiet", "--output", str(verify_json),
+              "--json", str(shard_json)], log, deadline)
+        must([*DP, "verify", str(self.shards), "--quiet", "--json", str(verify_json),
               "--device", "gpu" if self.device == "cuda" else "cpu"], log, deadline)
         figures = {"train_images": self.p["train_images"], "val_images": self.p["val_images"],
                    "image_size": f"{w}x{h}", "classes": self.p["classes"]}
@@ -339,7 +339,7 @@ class Check:
             shutil.rmtree(d, ignore_errors=True)
 
         def cmd(run: Path) -> list[str]:
-            return [*DP, "train", "--data", str(self.shards / "train"), "--output", str(run), "--quiet", *self.p["train"]]
+            return [*DP, "train", "--data", str(self.shards / "train"), "--out", str(run), "--quiet", *self.p["train"]]
 
         log.write(f"$ {' '.join(cmd(self.run_a))} &   (uninterrupted, side by side)\n")
         log.flush()
@@ -394,7 +394,7 @@ class Check:
             raise RuntimeError(f"no checkpoint in {self.run_a} (the train_resume stage wrote none)")
         raw = self.out / "knn_raw.json"
         must([*DP, "eval", "knn", "--checkpoint", str(self.run_a), "--train", str(self.shards / "train"),
-              "--val", str(self.shards / "val"), "-o", str(raw), *self.p["knn"]], log, deadline)
+              "--val", str(self.shards / "val"), "--json", str(raw), *self.p["knn"]], log, deadline)
         d = read_json(raw)
         figures = {f"k{r['k']}.{m}": r[m] for r in d.get("results", []) for m in ("top1", "top5") if m in r}
         figures.update({k: v for k, v in flatten(d).items() if k.startswith("seconds") or k in ("device", "world_size")})

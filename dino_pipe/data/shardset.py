@@ -4,7 +4,7 @@ A shard set is a folder with ``shard-NNNNNN.tar`` (WebDataset samples ``<key>.jp
 labelled, ``<key>.cls``), a DALI index ``shard-NNNNNN.idx`` beside each tar, and ``manifest.json``
 (``num_samples``, ``classes``, ``labeled``, ``shards: [{file, index, samples, bytes, sha256}]``).
 
-Everything the data room needs from the shard room goes through :func:`read_manifest` (which
+Everything the data package needs from the shards package goes through :func:`read_manifest` (which
 delegates to ``dino_pipe.shards.manifest.load_manifest``) and :func:`open_shardset`, which checks what can be checked cheaply (files present, sizes as the
 manifest says, at least one sample) so a broken set gives one :class:`UserError` line instead of
 a DALI stack dump. What only decoding reveals (a garbage JPEG) is caught where the pipeline
@@ -67,9 +67,9 @@ class ShardSet:
 
 
 def read_manifest(root: Path) -> dict:
-    """The manifest of the shard set in ``root`` as a dict (the one place the data room reads it).
+    """The manifest of the shard set in ``root`` as a dict (the one place the data package reads it).
 
-    Delegates to the shard room's :func:`dino_pipe.shards.manifest.load_manifest` (schema check,
+    Delegates to the shards package's :func:`dino_pipe.shards.manifest.load_manifest` (schema check,
     missing folder / manifest / empty set as one-line UserErrors).
     """
     from dino_pipe.shards.manifest import load_manifest

@@ -13,7 +13,7 @@ Keys (version 1)::
     fingerprint: str (source tree + output-affecting options + version)
     dino_pipe_version: str
 
-The data room needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
+The data package needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
 writes those (e.g. ``tests/conftest.py::write_minimal_shardset``) is a valid shard set.
 """
 

@@ -2,7 +2,7 @@
 
 Layout inside a run directory::
 
-    RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --output
+    RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --out
                                          refuses any other non-empty folder)
     RUN_DIR/config.yaml                  the resolved config of the run
     RUN_DIR/metrics.jsonl                one JSON line per logged step
@@ -125,7 +125,7 @@ def previous_hint(path: str | Path) -> str:
     older = [c for c in list_checkpoints(p.parent.parent) if c.name < p.name] if p.parent.name == "checkpoints" else []
     if older:
         return f"move it aside (e.g. rename it to {p.name}.bad) to use the previous checkpoint {older[-1]}"
-    return "no earlier checkpoint in this run: restart the run in a new --output"
+    return "no earlier checkpoint in this run: restart the run in a new --out"
 
 
 # -- random number generator states, stored as tensors/ints so weights_only loading works -------

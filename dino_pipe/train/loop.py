@@ -116,12 +116,12 @@ def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
 
 
 def check_run_dir(output: Path) -> None:
-    """``--output`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
+    """``--out`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
     from dino_pipe.atomic import check_output_folder
 
-    check_output_folder(output, "--output")
+    check_output_folder(output, "--out")
     if output.is_dir() and not is_run_dir(output) and any(output.iterdir()):
-        raise UserError(f"--output {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
+        raise UserError(f"--out {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
                         "checkpoints/); choose a new or empty folder so nothing of yours is replaced")
 
 
@@ -283,13 +283,13 @@ class _Run:
             elif epochs_changed and len(diffs) == 1:
                 raise UserError(f"{self.run_dir} holds a run of {ckpt['config']['train']['epochs']} epochs; to train it to "
                                 f"{cfg.train.epochs} epochs add --extend (the schedules are then recomputed for "
-                                f"{cfg.train.epochs} epochs), or use a new --output")
+                                f"{cfg.train.epochs} epochs), or use a new --out")
             if diffs:
                 raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
-                                "rerun with the same config to resume, or use a new --output")
+                                "rerun with the same config to resume, or use a new --out")
             if ckpt.get("world_size", 1) != env.world_size:
                 raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
-                                f"number (not {env.world_size}) or use a new --output")
+                                f"number (not {env.world_size}) or use a new --out")
 
         loader = make_loader(self.data, cfg, env)
         steps_per_epoch = len(loader)

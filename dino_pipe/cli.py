@@ -340,11 +340,9 @@ def bench_train_cmd(
 
 def _eval_gpus(gpus: Optional[int]) -> int:
     """``--gpus`` default: every visible GPU (0 = CPU when none)."""
-    if gpus is not None:
-        return gpus
-    import torch
+    from dino_pipe.train.distributed import default_gpus
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return default_gpus() if gpus is None else gpus
 
 
 def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]:

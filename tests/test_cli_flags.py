@@ -113,7 +113,7 @@ def test_json_results_are_always_json_and_artefacts_always_out():
 def test_choice_options_list_the_choices_they_accept():
     """``--help`` lists the choices; they are the same tuples the commands check against."""
     from dino_pipe.config import Interp, choices
-    from dino_pipe.eval.trained_backbone import WHICH
+    from dino_pipe.eval.inputs import WHICH
     from dino_pipe.shards.image import CHECKS
     from dino_pipe.shards.layout import LAYOUTS
 

@@ -233,9 +233,9 @@ def test_disk_full_in_train_with_two_processes(small_fs):
 
 
 def test_disk_full_when_train_writes_a_checkpoint(small_fs, monkeypatch):
-    from dino_pipe.train import loop
+    from dino_pipe.train import checkpoint
 
-    save = loop.save_checkpoint
+    save = checkpoint.save_checkpoint
     calls = []
 
     def fill_then_save(run_dir, state, keep=3):  # the second checkpoint hits a full disk
@@ -244,14 +244,14 @@ def test_disk_full_when_train_writes_a_checkpoint(small_fs, monkeypatch):
             fill(small_fs)
         return save(run_dir, state, keep)
 
-    monkeypatch.setattr(loop, "save_checkpoint", fill_then_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", fill_then_save)
     run = small_fs / "run"
     line = one_error_line("train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY,
                           "train.checkpoint_every_steps=1", "train.max_steps=2", code=1)
     assert "step-00000002.pt" in line and "No space left on device" in line
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001.pt"]  # no torn file, no temp file
     (small_fs / "filler").unlink()
-    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
     code, output = run_cli("train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY,
                            "train.checkpoint_every_steps=1", "train.max_steps=2")
     assert code == 0, output

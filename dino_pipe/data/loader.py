@@ -189,15 +189,17 @@ class ViewLoader(_ShardSetLoader):
     ``for batch in loader`` yields the rest of the current epoch (``len(loader)`` batches per
     epoch per rank, partial batches dropped, same count on every rank); iterating again runs the
     next epoch. ``loader.epoch`` is the epoch the next batch belongs to. Same seed -> identical
-    batches; ranks read disjoint shards of the set and draw different augmentations.
+    batches; ranks read disjoint shards of the set and draw different augmentations. ``specs``
+    replaces the multi-crop recipe (e.g. the linear probe's single view).
     """
 
     def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
                  world_size: int = 1, seed: int | None = None, batch_size: int | None = None,
-                 n_local: int | None = None, debug: bool = False, local_world_size: int | None = None):
+                 n_local: int | None = None, debug: bool = False, local_world_size: int | None = None,
+                 specs: list[ViewSpec] | None = None):
         super().__init__(shardset, cfg, device, rank, world_size, batch_size, local_world_size)
         self.seed = cfg.seed if seed is None else int(seed)
-        self.specs: list[ViewSpec] = multicrop_recipe(cfg, n_local)
+        self.specs: list[ViewSpec] = list(specs) if specs is not None else multicrop_recipe(cfg, n_local)
         self.debug = debug
         n = self.shards.num_samples
         self._steps = (n // world_size) // self.batch_size

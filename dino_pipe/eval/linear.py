@@ -112,11 +112,9 @@ def probe_train_loader(shardset: str, cfg: Config, ctx: WorkerContext, batch_siz
     """A :class:`~dino_pipe.data.loader.ViewLoader` whose recipe is the single probe view."""
     from dino_pipe.data.loader import ViewLoader
 
-    loader = ViewLoader(shardset, cfg.data, device=ctx.device.type, device_id=ctx.device.index or 0,
-                        rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, batch_size=batch_size,
-                        n_local=0)
-    loader.specs = [probe_view_spec(cfg)]  # same graph, one view: RandomResizedCrop + flip
-    return loader
+    return ViewLoader(shardset, cfg.data, device=ctx.device.type, device_id=ctx.device.index or 0,
+                      rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, batch_size=batch_size,
+                      specs=[probe_view_spec(cfg)])  # same graph, one view: RandomResizedCrop + flip
 
 
 @dataclass

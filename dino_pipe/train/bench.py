@@ -73,7 +73,7 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
     from dino_pipe.train.loop import check_data, local_data, make_loader
 
     if gpus is None:
-        gpus = 1 if torch.cuda.is_available() else 0
+        gpus = min(1, D.default_gpus())
     if gpus > 1:
         raise UserError("bench train measures one process: use --gpus 1 (or 0 for the CPU)")
     device, _ = D.check_local_request(gpus, 1)

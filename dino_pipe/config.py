@@ -23,7 +23,6 @@ import yaml
 
 from dino_pipe.errors import UserError
 
-
 OutputDtype = Literal["float32", "bfloat16", "float16"]
 ContrastCenter = Literal["mean", "128"]
 Interp = Literal["gaussian", "cubic", "linear"]

@@ -105,9 +105,8 @@ def _torchvision_areas(shardset, scale, n: int = 6000) -> torch.Tensor:
     import io
 
     from PIL import Image
-    from torchvision.transforms import RandomResizedCrop
-
     from test_data_loader import shard_contents
+    from torchvision.transforms import RandomResizedCrop
 
     sizes = [Image.open(io.BytesIO(jpg)).size for jpg, _ in shard_contents(shardset)]
     g = torch.random.fork_rng()

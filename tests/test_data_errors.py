@@ -7,10 +7,10 @@ import json
 import shutil
 
 import pytest
+from conftest import photo_crops, write_minimal_shardset
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops, write_minimal_shardset
 from dino_pipe.cli import app
 from dino_pipe.config import DataConfig
 from dino_pipe.data.loader import EvalLoader, ViewLoader

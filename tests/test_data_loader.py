@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import photo_crops, write_minimal_shardset
 from PIL import Image
 
-from conftest import photo_crops, write_minimal_shardset
 from dino_pipe.config import DataConfig
 from dino_pipe.data.loader import EvalLoader, ViewLoader
 

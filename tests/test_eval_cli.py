@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from eval_helpers import write_tiny_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
 from dino_pipe.cli import app
 from dino_pipe.eval.features import save_features
-from eval_helpers import write_tiny_checkpoint
 
 runner = CliRunner()
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import timm
 import torch
+from eval_helpers import write_tiny_checkpoint
 from safetensors.torch import load_file
 
 from dino_pipe.errors import UserError
 from dino_pipe.eval.export import export_backbone, load_exported
 from dino_pipe.eval.trained_backbone import load_backbone
-from eval_helpers import write_tiny_checkpoint
 
 
 @pytest.mark.parametrize("which", ["teacher", "student"])

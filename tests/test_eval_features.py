@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from eval_helpers import write_tiny_checkpoint
 
 from dino_pipe.errors import UserError
 from dino_pipe.eval.features import (
@@ -17,7 +18,6 @@ from dino_pipe.eval.features import (
 from dino_pipe.eval.knn_eval import evaluate_knn
 from dino_pipe.eval.trained_backbone import load_backbone
 from dino_pipe.eval.workers import WorkerContext
-from eval_helpers import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

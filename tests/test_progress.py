@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
 from typer.testing import CliRunner
 
 from dino_pipe.progress import PlainProgress, make_progress
@@ -109,8 +108,9 @@ def test_train_shard_verify_print_lines_without_a_terminal(tmp_path, monkeypatch
 
 
 def test_eval_knn_prints_lines_without_a_terminal(tmp_path, monkeypatch, tiny_shardset):
-    from dino_pipe.cli import app
     from eval_helpers import write_tiny_checkpoint
+
+    from dino_pipe.cli import app
 
     monkeypatch.setenv("DINO_PIPE_PROGRESS_EVERY", "0")
     ckpt = write_tiny_checkpoint(tmp_path / "run")

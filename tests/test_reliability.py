@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image_tree, write_minimal_shardset
+from eval_helpers import write_tiny_checkpoint
 from typer.testing import CliRunner
 
-from conftest import write_image_tree, write_minimal_shardset
 from dino_pipe.cli import app
-from eval_helpers import write_tiny_checkpoint
 
 runner = CliRunner()
 
@@ -149,8 +149,9 @@ def tree(tmp_path, photos) -> Path:
 
 
 def labelled_set(root: Path, photos, labels: list[str]) -> Path:
-    from dino_pipe.sample_data import photo_crops
     from PIL import Image
+
+    from dino_pipe.sample_data import photo_crops
 
     samples = []
     for i, a in enumerate(photo_crops(photos, len(labels), seed=3)):

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops
 from dino_pipe.cli import app
 
 runner = CliRunner()

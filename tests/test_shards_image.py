@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import photo_crops
 from PIL import Image
 
-from conftest import photo_crops
 from dino_pipe.shards.image import UnreadableImage, prepare_image
 from dino_pipe.shards.jpeg import JpegAnomaly, JpegTruncated, exif_orientation, inspect_jpeg
 

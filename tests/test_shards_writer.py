@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from conftest import photo_crops
 from PIL import Image
 
-from conftest import photo_crops
 from dino_pipe.errors import UserError
 from dino_pipe.shards.journal import JOURNAL_NAME, read_journal
 from dino_pipe.shards.manifest import load_manifest

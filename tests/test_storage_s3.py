@@ -21,11 +21,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from s3_server import MotoServer, free_port
 from typer.testing import CliRunner
 
 from dino_pipe.atomic import read_jsonl
 from dino_pipe.errors import UserError
-from s3_server import MotoServer, free_port
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -142,9 +143,10 @@ def test_verify_on_s3_and_a_corrupted_shard_is_refused(s3, tiny_shardset, tmp_pa
 
 
 def test_train_one_epoch_from_s3_equals_local_bit_for_bit(s3, tiny_shardset, tmp_path):
+    from test_train_loop import tiny_cfg
+
     from dino_pipe.train import load_checkpoint
     from dino_pipe.train.loop import train
-    from test_train_loop import tiny_cfg
 
     url = upload(s3, tiny_shardset, "t/tiny")
     base = ("train.epochs=1", "data.batch_size=16", "model.drop_path=0.1")
@@ -160,8 +162,9 @@ def test_train_one_epoch_from_s3_equals_local_bit_for_bit(s3, tiny_shardset, tmp
 
 @pytest.mark.slow
 def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
-    from dino_pipe.train import load_checkpoint
     from test_train_loop import TINY
+
+    from dino_pipe.train import load_checkpoint
 
     url = upload(s3, tiny_shardset, "k/tiny")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -278,8 +281,8 @@ def test_a_dropped_download_is_retried_then_one_line(s3, monkeypatch):
         return real(**kw)
 
     monkeypatch.setattr(store.client, "get_object", flaky)
-    import io
     import hashlib
+    import io
 
     buf = io.BytesIO()
     assert store.download("d/obj", buf) == (5000, hashlib.sha256(b"x" * 5000).hexdigest()) and fails == [0]

@@ -12,8 +12,14 @@ from dino_pipe.config import Config, ModelConfig, OptimConfig
 from dino_pipe.errors import UserError
 from dino_pipe.models import create_student_teacher
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import (find_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
-                                        set_rng_state)
+from dino_pipe.train.checkpoint import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dino_pipe.train.diagnostics import CollapseMonitor
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import LARS, build_optimizer, cancel_last_layer_grads, clip_gradients, param_groups

@@ -29,8 +29,8 @@ from dino_pipe.eval.features import (
     feature_dtype,
     gather_ordered,
     load_features,
-    read_feature_metadata,
     rank_rows,
+    read_feature_metadata,
     save_features,
 )
 from dino_pipe.eval.inputs import checkpoint_facts, labelled_shardset, resolve_config

@@ -20,6 +20,11 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
 
 A file is renamed into place only after it is fully written and fsynced, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a torn file.
+
+:class:`CheckpointManager` is the training side (when to save, what each rank contributes, resume);
+:func:`read_checkpoint` the reading side that evaluation uses (through :mod:`dino_pipe.eval.inputs`).
+The trainer contributes ``student``/``teacher``/``optimizer``/``scaler``/``center``
+(``DINOTrainer.state_dict``), the loader its position (``ViewLoader.state_dict``).
 """
 
 from __future__ import annotations

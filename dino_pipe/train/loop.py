@@ -1,14 +1,15 @@
 """``train(cfg, data, output, gpus=...)``: launch the processes, run the loop, checkpoint, log, resume.
 
-The loop on each rank::
+The loop on each rank only wires its components:
 
-    resume from RUN_DIR's newest checkpoint if there is one (weights, optimizer, scaler, center,
-    step, RNG states and the data loader's position: the next batch is exactly the one that
-    would have come next)
-    for each batch until epochs * steps_per_epoch (or train.max_steps) steps:
-        DINOTrainer.step -> log every train.log_every_steps (metrics.jsonl, TensorBoard, progress bar),
-        collapse check every train.collapse_check_every_steps,
-        checkpoint every train.checkpoint_every_steps, at every epoch end and at the end
+* :class:`~dino_pipe.train.checkpoint.CheckpointManager` - the newest checkpoint and whether it may be
+  resumed (weights, optimizer, scaler, center, step, RNG states and the data loader's position: the
+  next batch is exactly the one that would have come next); when to save (every
+  train.checkpoint_every_steps, at every epoch end and at the end) and what each rank contributes;
+* :class:`~dino_pipe.train.metrics.MetricsLogger` - every train.log_every_steps a record
+  (metrics.jsonl, TensorBoard, progress line), every train.collapse_check_every_steps a collapse check;
+* :class:`~dino_pipe.train.trainer.DINOTrainer` - the step itself;
+* :func:`~dino_pipe.train.distributed.launch` - the processes (shared with evaluation).
 
 Only logging, collapse-check and checkpoint steps wait for the device (``DINOTrainer.step(sync=True)``);
 the steps between queue their work without a host sync. A NaN/Inf loss stops the run naming the step,

@@ -494,7 +494,11 @@ def validate(cfg: Config) -> None:
     need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
     need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
     lo = cfg.loss
-    need(lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0, "loss.*_temp", "temperatures must be > 0")
+    need(
+        lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0,
+        "loss.*_temp",
+        "temperatures must be > 0",
+    )
     need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
     o = cfg.optim
     need(o.base_lr > 0, "optim.base_lr", "must be > 0")
@@ -517,5 +521,13 @@ def validate(cfg: Config) -> None:
     need(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
     need(e.knn_chunk_size >= 1 and e.knn_bank_chunk_size >= 1, "eval.knn_*chunk_size", "must be >= 1")
     need(e.batch_size >= 1 and e.linear_epochs >= 1, "eval.batch_size", "batch size and linear_epochs must be >= 1")
-    need(e.linear_lr > 0 and e.linear_n_last_blocks >= 1, "eval.linear_lr", "linear_lr must be > 0 and linear_n_last_blocks >= 1")
-    need(0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1, "eval.linear_crop_scale", "needs 0 < low <= high <= 1")
+    need(
+        e.linear_lr > 0 and e.linear_n_last_blocks >= 1,
+        "eval.linear_lr",
+        "linear_lr must be > 0 and linear_n_last_blocks >= 1",
+    )
+    need(
+        0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1,
+        "eval.linear_crop_scale",
+        "needs 0 < low <= high <= 1",
+    )

@@ -117,9 +117,15 @@ def test_choice_options_list_the_choices_they_accept():
     from dino_pipe.shards.image import CHECKS
     from dino_pipe.shards.layout import LAYOUTS
 
-    expected = {("shard", "--layout"): LAYOUTS, ("shard", "--check"): CHECKS, ("bench loader", "--interp"): choices(Interp),
-                ("eval knn", "--which"): WHICH, ("eval linear", "--which"): WHICH, ("export", "--which"): WHICH,
-                ("viz attention", "--which"): WHICH}
+    expected = {
+        ("shard", "--layout"): LAYOUTS,
+        ("shard", "--check"): CHECKS,
+        ("bench loader", "--interp"): choices(Interp),
+        ("eval knn", "--which"): WHICH,
+        ("eval linear", "--which"): WHICH,
+        ("export", "--which"): WHICH,
+        ("viz attention", "--which"): WHICH,
+    }
     metavars = {}
     for path, cmd in _commands(typer.main.get_command(app)):
         for p in cmd.params:

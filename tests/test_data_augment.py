@@ -80,7 +80,11 @@ def test_jitter_factors_in_range_identity_when_off(flag_stats):
         assert v.min() >= lo - 1e-5 and v.max() <= hi + 1e-5, name
         assert abs(v.mean().item() - (lo + hi) / 2) < 0.05 * (hi - lo), name
     off = allf[~on]
-    assert (off[:, F["brightness"]] == 1).all() and (off[:, F["contrast"]] == 1).all() and (off[:, F["hue_deg"]] == 0).all()
+    assert (
+        (off[:, F["brightness"]] == 1).all()
+        and (off[:, F["contrast"]] == 1).all()
+        and (off[:, F["hue_deg"]] == 0).all()
+    )
     # saturation = jitter factor x (0 if grayscale)
     gray = allf[:, F["grayscale"]] == 1
     assert (allf[gray, F["saturation"]] == 0).all()

@@ -86,8 +86,24 @@ def test_garbage_jpeg_is_translated_from_dali(tmp_path, photos):
         for _ in loader:
             pass
     _one_line(e, str(root), "DALI could not read it", "verify")
-    result = CliRunner().invoke(app, ["bench", "loader", str(root), "--steps", "1", "--warmup", "0", "--batch-size", "8",
-                                      "--n-local", "0", "--global-size", "32"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "loader",
+            str(root),
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "8",
+            "--n-local",
+            "0",
+            "--global-size",
+            "32",
+        ],
+    )
     assert result.exit_code == 2
     assert "Traceback" not in result.output
 

@@ -283,7 +283,13 @@ def test_shard_symlink_policy(tree, tmp_path, photos):
     result = shard_tree(tree, tmp_path / "shards", ShardOptions(workers=1), progress=False)
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     links = {x["path"]: x["reason"] for x in manifest["skipped_links"]}
-    assert sorted(links) == ["class_00/here", "class_00/loop", "class_00/out.jpg", "class_00/self.jpg", "class_01/outdir"]
+    assert sorted(links) == [
+        "class_00/here",
+        "class_00/loop",
+        "class_00/out.jpg",
+        "class_00/self.jpg",
+        "class_01/outdir",
+    ]
     assert "loop" in links["class_00/self.jpg"] and "loops back" in links["class_00/loop"]
     assert "loops back" in links["class_00/here"]
     assert "outside" in links["class_00/out.jpg"] and "outside" in links["class_01/outdir"]

@@ -117,7 +117,9 @@ def test_shard_to_s3_same_bytes_as_local_resumable_and_up_to_date(s3, image_tree
     assert len(local) == 10 and sorted(Path(k).name for k in stored if "/shard-" in k) == [p.name for p in local]
     for p in local:
         assert get(s3, f"sets/tiny/{p.name}") == p.read_bytes(), p.name
-    assert json.loads(get(s3, "sets/tiny/manifest.json")) == json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert json.loads(get(s3, "sets/tiny/manifest.json")) == json.loads(
+        (tmp_path / "local" / "manifest.json").read_text()
+    )
     assert not any((tmp_path / "cache" / "staging").rglob("*.tar")), "staging is emptied"
     assert shard_tree(image_tree, url, opts, progress=False)["sets"][0]["status"] == "up to date"
 
@@ -170,8 +172,23 @@ def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
     def cli(data, run_dir):
-        return [sys.executable, "-m", "dino_pipe", "train", "--data", str(data), "--out", str(run_dir), "--gpus", "0", "-q",
-                *TINY, "train.epochs=1", "train.checkpoint_every_steps=2", "model.drop_path=0.1"]
+        return [
+            sys.executable,
+            "-m",
+            "dino_pipe",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run_dir),
+            "--gpus",
+            "0",
+            "-q",
+            *TINY,
+            "train.epochs=1",
+            "train.checkpoint_every_steps=2",
+            "model.drop_path=0.1",
+        ]
 
     subprocess.run(cli(tiny_shardset, tmp_path / "full"), check=True, env=env, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
@@ -301,13 +318,19 @@ def test_cache_is_bounded_lru_and_refetches_only_changed_shards(s3, tiny_shardse
     size = sum(p.stat().st_size for p in tiny_shardset.iterdir() if p.is_file())
     roomy = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.0)
     fa = fetch_shardset(a, roomy)
-    assert sorted(p.name for p in fa.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in fa.glob("shard-*.tar")) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
     before = {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")}
     assert fetch_shardset(a, roomy) == fa and {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")} == before
 
     one_set = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.5 * size / 1e9)  # room for one set, not two
     fb = fetch_shardset(b, one_set)
-    assert not list(fa.glob("shard-*.tar")) and len(list(fb.glob("shard-*.tar"))) == 3, "the least recently used set goes"
+    assert not list(fa.glob("shard-*.tar")) and len(list(fb.glob("shard-*.tar"))) == 3, (
+        "the least recently used set goes"
+    )
     tiny = CacheSettings.resolve(str(tmp_path / "c2"), gb=0.5 * size / 1e9)
     with pytest.raises(UserError, match="more than the shard cache may hold .* raise data.cache_gb"):
         fetch_shardset(a, tiny)
@@ -346,8 +369,32 @@ def test_shard_verify_train_eval_end_to_end_on_s3(s3, image_tree, tmp_path):
     code, text = invoke(["eval", "knn", "--checkpoint", run, "--train", url, "--val", url, "--gpus", "0", "--k", 5,
                          "--resize", 40, "--crop", 32, "--json", tmp_path / "knn.json"])
     assert code == 0 and json.loads((tmp_path / "knn.json").read_text())["results"][0]["k"] == 5, text
-    code, text = invoke(["eval", "linear", "--checkpoint", run, "--train", url, "--val", url, "--out", tmp_path / "lin",
-                         "--gpus", "0", "--epochs", 1, "--batch-size", 8, "--resize", 40, "--crop", 32, "--n-last-blocks", 1])
+    code, text = invoke(
+        [
+            "eval",
+            "linear",
+            "--checkpoint",
+            run,
+            "--train",
+            url,
+            "--val",
+            url,
+            "--out",
+            tmp_path / "lin",
+            "--gpus",
+            "0",
+            "--epochs",
+            1,
+            "--batch-size",
+            8,
+            "--resize",
+            40,
+            "--crop",
+            32,
+            "--n-last-blocks",
+            1,
+        ]
+    )
     assert code == 0 and (tmp_path / "lin" / "linear.json").is_file(), text
 
 

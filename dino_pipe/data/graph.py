@@ -245,7 +245,11 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
 
     flip = _coin(spec.flip_p, s("flip")) if spec.flip_p > 0 else None
     cmn = dict(mean=[255.0 * m for m in mean], std=[255.0 * v for v in std], output_layout="CHW", dtype=dtype)
-    view = fn.crop_mirror_normalize(view, mirror=flip, **cmn) if flip is not None else fn.crop_mirror_normalize(view, **cmn)
+    view = (
+        fn.crop_mirror_normalize(view, mirror=flip, **cmn)
+        if flip is not None
+        else fn.crop_mirror_normalize(view, **cmn)
+    )
 
     if not debug:
         return view, None

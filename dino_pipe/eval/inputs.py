@@ -68,4 +68,9 @@ def labelled_shardset(path: str | Path) -> dict:
     s = open_shardset(path)
     if not s.labeled or not s.classes:
         raise UserError(f"shard set {path}: unlabeled (manifest has no classes); k-NN and linear probes need labels")
-    return {"path": str(Path(path).resolve()), "num_samples": s.num_samples, "num_classes": s.num_classes, "classes": list(s.classes)}
+    return {
+        "path": str(Path(path).resolve()),
+        "num_samples": s.num_samples,
+        "num_classes": s.num_classes,
+        "classes": list(s.classes),
+    }

@@ -45,7 +45,9 @@ def backbone_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_backbone(checkpoint: str | Path, which: str = "teacher", *, random_init: bool = False, seed: int = 0) -> LoadedBackbone:
+def load_backbone(
+    checkpoint: str | Path, which: str = "teacher", *, random_init: bool = False, seed: int = 0
+) -> LoadedBackbone:
     """Build the run's backbone and load its ``which`` weights (or keep a seeded random init).
 
     Raises :class:`UserError` for a missing/damaged checkpoint or weights that do not fit.
@@ -65,5 +67,7 @@ def load_backbone(checkpoint: str | Path, which: str = "teacher", *, random_init
                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); check model.arch/arch_kwargs"
             )
     model.eval().requires_grad_(False)
-    source = describe_weights(str(path), ckpt, which, random_init, describe(model, cfg.model.arch, cfg.model.arch_kwargs))
+    source = describe_weights(
+        str(path), ckpt, which, random_init, describe(model, cfg.model.arch, cfg.model.arch_kwargs)
+    )
     return LoadedBackbone(model=model, config=cfg, source=source)

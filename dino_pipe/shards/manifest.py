@@ -84,9 +84,13 @@ def load_manifest(path: str | os.PathLike) -> dict:
     if not file.is_file():
         subsets = [d.name for d in sorted(folder.iterdir()) if (d / MANIFEST_NAME).is_file()] if folder.is_dir() else []
         if subsets:
-            raise UserError(f"{folder} holds shard sets {', '.join(subsets)}; give one of them (e.g. {folder / subsets[0]})")
+            raise UserError(
+                f"{folder} holds shard sets {', '.join(subsets)}; give one of them (e.g. {folder / subsets[0]})"
+            )
         journal = any(folder.glob(".dino-pipe-shard-journal*"))
-        hint = "an interrupted 'dino-pipe shard' run: rerun it to finish" if journal else "run 'dino-pipe shard SRC' first"
+        hint = (
+            "an interrupted 'dino-pipe shard' run: rerun it to finish" if journal else "run 'dino-pipe shard SRC' first"
+        )
         raise UserError(f"{folder} has no {MANIFEST_NAME} ({hint})")
     data = read_manifest_file(file)
     if not data["shards"] or data["num_samples"] <= 0:
@@ -104,8 +108,11 @@ def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptio
         skipped += r["skipped"]
         for k, v in r["conversions"].items():
             conversions[k] = conversions.get(k, 0) + v
-    shards = [{"file": r["file"], "index": r["index"], "samples": r["samples"], "bytes": r["bytes"], "sha256": r["sha256"]}
-              for r in records if r["samples"]]
+    shards = [
+        {"file": r["file"], "index": r["index"], "samples": r["samples"], "bytes": r["bytes"], "sha256": r["sha256"]}
+        for r in records
+        if r["samples"]
+    ]
     return {
         "format": FORMAT,
         "version": VERSION,

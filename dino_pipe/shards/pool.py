@@ -64,7 +64,9 @@ class WorkerPool:
         if workers > 1:
             ctx = _mp_context()
             self.counter = ctx.Value("q", 0)
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(self.counter,))
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(self.counter,)
+            )
             self.pool.submit(os.getpid).result()  # start the workers now
 
     def __enter__(self) -> "WorkerPool":

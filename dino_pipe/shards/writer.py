@@ -142,7 +142,9 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
     records: dict[int, dict] = {}
     if state.mode == "resume":
         for r in state.records:
-            if 0 <= r["shard"] < len(plan) and (remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)):
+            if 0 <= r["shard"] < len(plan) and (
+                remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)
+            ):
                 records[r["shard"]] = r
     header = {"fingerprint": fp, "source": source, "source_digest": split.digest, "options": options.output_options(),
               "dino_pipe_version": __version__}
@@ -186,7 +188,9 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
         save_manifest(folder, manifest)
     journal.remove_journal(folder)
     status = f"resumed ({resumed} shards kept)" if resumed else "written"
-    return _summary(manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status)
+    return _summary(
+        manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status
+    )
 
 
 def make_durable(folder: Path, names: list[str]) -> None:
@@ -258,7 +262,9 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
         folder = out_path / split.name if split.name else out_path
         fp = fingerprint(source, split, options)
         jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
-    sets = [write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs]
+    sets = [
+        write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs
+    ]
     return {"source": source, "out": str(out_path), "layout": _layout_name(options, splits), "sets": sets}
 
 
@@ -291,7 +297,9 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
         lock = open(staging / ".lock", "a")
         fcntl.flock(lock, fcntl.LOCK_EX)  # held while this run lives (a kill -9 releases it)
     except OSError as e:
-        raise UserError(f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE") from None
+        raise UserError(
+            f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE"
+        ) from None
     try:
         jobs = []
         for split in splits:  # check every destination before writing anything

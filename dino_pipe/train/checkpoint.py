@@ -123,7 +123,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p}: not a dino-pipe checkpoint (missing format '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise UserError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        raise UserError(
+            f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})"
+        )
     for key in ("config", "step", "student", "teacher"):
         if key not in ckpt:
             raise UserError(f"{p}: damaged checkpoint (no '{key}' entry)")
@@ -161,7 +163,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), None))
     if device is not None and device.type == "cuda" and "cuda" in state:
@@ -258,7 +262,9 @@ class CheckpointManager:
             trainer.load_state_dict(ckpt)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights that do not fit the stored config
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise UserError(f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}") from None
+            raise UserError(
+                f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}"
+            ) from None
         step = int(ckpt["step"])
         old_epochs = int(ckpt["config"]["train"]["epochs"])
         if old_epochs != cfg.train.epochs:

@@ -91,10 +91,16 @@ class MetricsLogger:
             self._log(step, res)
         if self.task is not None and log_now:
             v, r = res.values, self.rates
-            self.progress.update(self.task, completed=step, info=(
-                f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g} loss {self.last_loss:.4f} "
-                f"lr {v['lr']:.2e} wd {v['wd']:.3f} m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
-                f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%"))
+            self.progress.update(
+                self.task,
+                completed=step,
+                info=(
+                    f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g} "
+                    f"loss {self.last_loss:.4f} "
+                    f"lr {v['lr']:.2e} wd {v['wd']:.3f} m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
+                    f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%"
+                ),
+            )
         elif self.task is not None:
             self.progress.update(self.task, completed=step)
 

@@ -1,6 +1,6 @@
-"""The ``dino-pipe`` command line: parse, load config, call one function of one room, print.
+"""The ``dino-pipe`` command line: parse, load config, call one function of one package, print.
 
-Every command is a thin wrapper: the work is a plain function in its room that returns a result
+Every command is a thin wrapper: the work is a plain function in its package that returns a result
 (a dict or an object with ``to_dict``); this module prints it with rich and writes it as JSON.
 User errors (:class:`~dino_pipe.errors.UserError`) become one ``error: ...`` line and a
 non-zero exit code, never a traceback.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -56,13 +55,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """DINO self-supervised training fed by NVIDIA DALI over validated WebDataset shards."""
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError, OSError (disk full, permissions) and Ctrl-C into one line on stderr and an exit code; no traceback."""
+    """Turn UserError, OSError (disk full, permissions) and Ctrl-C into one line on stderr and an exit code;
+    no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -110,7 +112,9 @@ def write_json(path: Path | None, result: Any) -> None:
     err.print(f"results written to {path}")
 
 
-def check_outputs(files: Optional[dict[str, Optional[Path]]] = None, folders: Optional[dict[str, Optional[Path]]] = None) -> None:
+def check_outputs(
+    files: Optional[dict[str, Optional[Path]]] = None, folders: Optional[dict[str, Optional[Path]]] = None
+) -> None:
     """Refuse output paths that cannot be written (a folder given for a file, a file for a folder)
     before any work is done, rather than failing after it."""
     from dino_pipe.atomic import check_output_file, check_output_folder
@@ -128,34 +132,49 @@ def print_json(result: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# shards room: shard, verify
+# shards package: shard, verify
 # ----------------------------------------------------------------------------------------------
 
 
 @app.command("shard")
 @user_errors
 def shard_cmd(
-    src: Path = typer.Argument(..., help="Image tree: SRC/train/<class>/… (+ SRC/val/<class>/…), SRC/<class>/…, or a folder of images."),
-    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or s3://bucket/prefix (default: shards/<name of SRC>)."),
-    layout: str = typer.Option("auto", help="auto | imagenet | imagefolder | unlabeled."),
+    src: Path = typer.Argument(
+        ..., help="Image tree: SRC/train/<class>/… (+ SRC/val/<class>/…), SRC/<class>/…, or a folder of images."
+    ),
+    out_dir: Optional[str] = typer.Option(
+        None, "--out", "-o", help="Output folder or s3://bucket/prefix (default: shards/<name of SRC>)."
+    ),
+    layout: str = typer.Option(
+        "auto", metavar="[auto|imagenet|imagefolder|unlabeled]", help="Source tree layout (auto: detected)."
+    ),
     shard_samples: int = typer.Option(1000, help="Max samples per shard (0 = no limit)."),
     shard_mb: float = typer.Option(128.0, help="Target max shard size in MB (0 = no limit)."),
     seed: int = typer.Option(0, help="Seed of the shuffle across shards."),
     quality: int = typer.Option(95, help="JPEG quality of converted images."),
-    max_side: Optional[int] = typer.Option(None, help="Downscale (and re-encode) images whose longer side exceeds N pixels."),
-    check: str = typer.Option("structure", help="structure: strict JPEG structure check (fast) | decode: also decode kept JPEGs at 1/8 scale."),
+    max_side: Optional[int] = typer.Option(
+        None, help="Downscale (and re-encode) images whose longer side exceeds N pixels."
+    ),
+    check: str = typer.Option(
+        "structure",
+        metavar="[structure|decode]",
+        help="structure: strict JPEG structure check (fast); decode: also decode kept JPEGs at 1/8 scale.",
+    ),
     workers: int = typer.Option(0, help="Worker processes (0 = all cores); the output does not depend on it."),
-    force: bool = typer.Option(False, "--force", help="Replace a different shard set (or foreign tar/idx files) already in OUT."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Also write the result as JSON here."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a different shard set (or foreign tar/idx files) already in OUT."
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Image tree -> validated, deterministic WebDataset shards (+ DALI .idx + manifest.json)."""
     from rich import box
     from rich.table import Table
 
-    from dino_pipe.shards.writer import ShardOptions, shard_tree
+    from dino_pipe.shards.options import ShardOptions
+    from dino_pipe.shards.writer import shard_tree
 
-    check_outputs({"--output": output})
+    check_outputs({"--json": json_path})
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
                            max_side=max_side, check=check, workers=workers)
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
@@ -173,21 +192,25 @@ def shard_cmd(
         if s["ignored"]:
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
         if s.get("skipped_links"):
-            out.print(f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
-                      f"or looping; paths and reasons are under 'skipped_links' in {s['out']}/manifest.json")
+            out.print(
+                f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
+                f"or looping; paths and reasons are under 'skipped_links' in {s['out']}/manifest.json"
+            )
         if s["skipped"]:
             out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
                       f"paths and reasons are under 'skipped' in {s['out']}/manifest.json")
-    write_json(output, result)
+    write_json(json_path, result)
 
 
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    shardset: str = typer.Argument(..., help="A shard set folder or s3://bucket/prefix (or a parent holding train/ and val/ sets)."),
+    shardset: str = typer.Argument(
+        ..., help="A shard set folder or s3://bucket/prefix (or a parent holding train/ and val/ sets)."
+    ),
     workers: int = typer.Option(0, help="Threads for checksums and DALI decoding (0 = all cores)."),
-    device: str = typer.Option("auto", help="auto (GPU decoding when CUDA is present) | cpu | gpu."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Also write the report as JSON here."),
+    device: str = typer.Option("auto", metavar="[auto|cpu|gpu]", help="auto: GPU decoding when CUDA is present."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Re-read a shard set: sha256 vs manifest, sample counts, .idx vs tar, every image decoded by DALI."""
@@ -197,45 +220,64 @@ def verify_cmd(
     from dino_pipe.shards.verify import verify_shardset
     from dino_pipe.storage.url import is_remote
 
-    check_outputs({"--output": output})
+    check_outputs({"--json": json_path})
     if is_remote(shardset):
         from dino_pipe.storage.verify import verify_remote
 
         result = verify_remote(shardset, workers=workers, device=device, progress=not quiet)
     else:
         result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
-    table = Table(title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD
+    )
     for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
         table.add_column(col, justify="left" if col in ("set", "manifest", "result") else "right")
     for s in result["sets"]:
-        table.add_row(Path(s["path"]).name, "yes" if s["manifest"] else "[yellow]none[/]", str(s["shards"]), f"{s['samples']:,}",
-                      f"{s['decoded']:,}", str(len(s["bad_shards"])), str(len(s["bad_samples"])),
-                      "[green]ok[/]" if s["ok"] else "[bold red]BAD[/]")
+        table.add_row(
+            Path(s["path"]).name,
+            "yes" if s["manifest"] else "[yellow]none[/]",
+            str(s["shards"]),
+            f"{s['samples']:,}",
+            f"{s['decoded']:,}",
+            str(len(s["bad_shards"])),
+            str(len(s["bad_samples"])),
+            "[green]ok[/]" if s["ok"] else "[bold red]BAD[/]",
+        )
     out.print(table)
     for s in result["sets"]:
         if not s["manifest"]:
-            out.print(f"[yellow]{s['path']}: no manifest.json[/]: checked tars, indexes and decoding only (no checksums or labels range)")
+            out.print(
+                f"[yellow]{s['path']}: no manifest.json[/]: checked tars, indexes and decoding only "
+                "(no checksums or labels range)"
+            )
         if s["extra_tars"]:
-            out.print(f"[yellow]{s['path']}: {len(s['extra_tars'])} tar file(s) not in the manifest[/] (ignored by readers), e.g. {s['extra_tars'][0]}")
+            out.print(
+                f"[yellow]{s['path']}: {len(s['extra_tars'])} tar file(s) not in the manifest[/] "
+                f"(ignored by readers), e.g. {s['extra_tars'][0]}"
+            )
         for p in s["problems"]:
             where = "/".join(x for x in (s["path"], p["shard"]) if x)
             sample = f" sample {p['sample']}:" if p["sample"] else ""
             err.print(f"[bold red]bad:[/] {where}:{sample} {p['problem']}", highlight=False, soft_wrap=True)
-    write_json(output, result)
+    write_json(json_path, result)
     if not result["ok"]:
         raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
-# data room: bench loader
+# data package: bench loader
 # ----------------------------------------------------------------------------------------------
 
 
 @bench_app.command("loader")
 @user_errors
 def bench_loader_cmd(
-    shardset: str = typer.Argument(..., help="Shard set folder (shard-*.tar, *.idx, manifest.json) or s3://bucket/prefix."),
-    device: str = typer.Option("cpu", "--device", help="cpu (CPU operators) or gpu (nvJPEG + GPU operators)."),
+    shardset: str = typer.Argument(
+        ..., help="Shard set folder (shard-*.tar, *.idx, manifest.json) or s3://bucket/prefix."
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", metavar="[cpu|gpu]", help="cpu: CPU operators; gpu: nvJPEG + GPU operators."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
     threads: int = typer.Option(0, "--threads", help="DALI CPU threads (0 = cores / local processes)."),
     n_local: int = typer.Option(10, "--n-local", help="Local crops per image (plus 2 global)."),
@@ -244,11 +286,13 @@ def bench_loader_cmd(
     steps: int = typer.Option(20, "--steps", help="Timed batches."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed batches first."),
     reference: bool = typer.Option(False, "--reference", help="Time the PIL/torchvision reference loader instead."),
-    interp: str = typer.Option("gaussian", "--interp", help="DALI crop resize filter (data.interp): gaussian, cubic or linear."),
+    interp: str = typer.Option(
+        "gaussian", "--interp", metavar="[gaussian|cubic|linear]", help="DALI crop resize filter (data.interp)."
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
 ) -> None:
     """Images/s (and views/s) of the DALI multi-crop loader on a shard set."""
-    from dino_pipe.config import DataConfig
+    from dino_pipe.config import DataConfig, Interp, check_choice
     from dino_pipe.data.bench import bench_loader
     from dino_pipe.data.loader import default_threads
 
@@ -256,12 +300,20 @@ def bench_loader_cmd(
         raise UserError(f"--device {device}: use cpu or gpu")
     check_outputs({"--json": json_path})
     threads = threads or default_threads(DataConfig(), 1, "gpu" if device in ("gpu", "cuda") else "cpu")
-    if interp not in ("gaussian", "cubic", "linear"):
-        raise UserError(f"--interp {interp}: use gaussian, cubic or linear")
-    result = bench_loader(_local_shardset(shardset), DataConfig(interp=interp), device="cuda" if device in ("gpu", "cuda") else "cpu",
-                          batch_size=batch_size,
-                          threads=threads, n_local=n_local, steps=steps, warmup=warmup,
-                          loader="reference" if reference else "dali", global_size=global_size, local_size=local_size)
+    check_choice(interp, Interp, "--interp")
+    result = bench_loader(
+        _local_shardset(shardset),
+        DataConfig(interp=interp),
+        device="cuda" if device in ("gpu", "cuda") else "cpu",
+        batch_size=batch_size,
+        threads=threads,
+        n_local=n_local,
+        steps=steps,
+        warmup=warmup,
+        loader="reference" if reference else "dali",
+        global_size=global_size,
+        local_size=local_size,
+    )
     out.print(f"[bold]{result['loader']}[/] on {result['device']}: {result['images_per_s']:,.1f} images/s, "
               f"{result['views_per_s']:,.1f} views/s ({result['views_per_image']} views/image, batch {batch_size}, "
               f"{threads} threads)")
@@ -270,7 +322,7 @@ def bench_loader_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
-# train room: train, bench train
+# train package: train, bench train
 # ----------------------------------------------------------------------------------------------
 
 
@@ -278,14 +330,25 @@ def bench_loader_cmd(
 @user_errors
 def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Preset YAML (configs/*.yaml); defaults if omitted."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Preset YAML (configs/*.yaml); defaults if omitted."
+    ),
     data: str = typer.Option(..., "--data", help="Shard set folder (or synthetic[:N] for random tensors)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Run directory; rerunning on it resumes."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."),
+    output: Path = typer.Option(..., "--out", "-o", help="Run directory; rerunning on it resumes."),
+    gpus: Optional[int] = typer.Option(
+        None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."
+    ),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (= train.epochs=N)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process (= data.batch_size=N)."),
-    extend: bool = typer.Option(False, "--extend", help="Resume a run with a different --epochs (e.g. train a finished run further); the schedules are recomputed."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Images per step per process (= data.batch_size=N)."
+    ),
+    extend: bool = typer.Option(
+        False,
+        "--extend",
+        help="Resume a run with a different --epochs (e.g. train a finished run further); "
+        "the schedules are recomputed.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train DINO (student + EMA teacher) on a shard set; writes checkpoints, metrics.jsonl, summary.json.
@@ -305,7 +368,9 @@ def train_cmd(
 @user_errors
 def bench_train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Preset YAML; default: ViT-S/16 reference recipe."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Preset YAML; default: ViT-S/16 reference recipe."
+    ),
     data: Optional[str] = typer.Option(None, "--data", help="Shard set to read real views from (else synthetic only)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture (default: vit_small_patch16_224)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default 64)."),
@@ -334,17 +399,15 @@ def bench_train_cmd(
 
 
 # ----------------------------------------------------------------------------------------------
-# eval room: eval knn, eval linear, viz attention, export
+# eval package: eval knn, eval linear, viz attention, export
 # ----------------------------------------------------------------------------------------------
 
 
 def _eval_gpus(gpus: Optional[int]) -> int:
     """``--gpus`` default: every visible GPU (0 = CPU when none)."""
-    if gpus is not None:
-        return gpus
-    import torch
+    from dino_pipe.train.distributed import default_gpus
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return default_gpus() if gpus is None else gpus
 
 
 def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]:
@@ -356,34 +419,59 @@ def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]
 @eval_app.command("knn")
 @user_errors
 def eval_knn_cmd(
-    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."
+    ),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    ),
     train: Optional[str] = typer.Option(None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set (folder or s3://…): the queries."),
-    which: str = typer.Option("teacher", "--which", help="teacher (DINO protocol) or student."),
-    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="teacher: the DINO protocol."),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="Untrained network of the same architecture (baseline)."
+    ),
     k: Optional[list[int]] = typer.Option(None, "--k", help="Neighbours; repeat for several (default 10 20 100 200)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Vote weight exp(sim / T) (default 0.07)."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", "-T", help="Vote weight exp(sim / T) (default 0.07)."
+    ),
     resize: Optional[int] = typer.Option(None, "--resize", help="Shorter side before the center crop (default 256)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Center crop size (default 224)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per extraction batch per process."),
-    save_features: Optional[Path] = typer.Option(None, "--save-features", help="Write DIR/train.safetensors and DIR/val.safetensors."),
-    load_features: Optional[Path] = typer.Option(None, "--load-features", help="Read features saved by --save-features (no network run)."),
+    save_features: Optional[Path] = typer.Option(
+        None, "--save-features", help="Write DIR/train.safetensors and DIR/val.safetensors."
+    ),
+    load_features: Optional[Path] = typer.Option(
+        None, "--load-features", help="Read features saved by --save-features (no network run)."
+    ),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result (accuracies, protocol, sources) as JSON."),
+    json_path: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here."
+    ),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
     from rich.table import Table
 
     from dino_pipe.eval.knn_eval import evaluate_knn
 
-    check_outputs({"--output": output}, {"--save-features": save_features})
+    check_outputs({"--json": json_path}, {"--save-features": save_features})
     result = evaluate_knn(
-        checkpoint, train and _local_shardset(train), val and _local_shardset(val), which=which, random_init=random_init, ks=tuple(k) if k else None,
-        temperature=temperature, save_features=save_features, load_features=load_features,
-        overrides=_eval_overrides(overrides, **{"data.eval_resize": resize, "data.eval_crop": crop, "eval.batch_size": batch_size}),
-        gpus=_eval_gpus(gpus), procs=procs)
+        checkpoint,
+        train and _local_shardset(train),
+        val and _local_shardset(val),
+        which=which,
+        random_init=random_init,
+        ks=tuple(k) if k else None,
+        temperature=temperature,
+        save_features=save_features,
+        load_features=load_features,
+        overrides=_eval_overrides(
+            overrides, **{"data.eval_resize": resize, "data.eval_crop": crop, "eval.batch_size": batch_size}
+        ),
+        gpus=_eval_gpus(gpus),
+        procs=procs,
+    )
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
     table = Table(title=f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
@@ -402,27 +490,43 @@ def eval_knn_cmd(
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
-    write_json(output, result)
+    write_json(json_path, result)
 
 
 @eval_app.command("linear")
 @user_errors
 def eval_linear_cmd(
-    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."
+    ),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    ),
     train: str = typer.Option(..., "--train", help="Labelled shard set (folder or s3://…) to train the classifier on."),
     val: str = typer.Option(..., "--val", help="Labelled shard set (folder or s3://…) to report top-1/top-5 on."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."),
-    which: str = typer.Option("teacher", "--which", help="teacher or student."),
-    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."
+    ),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="Untrained network of the same architecture (baseline)."
+    ),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for a global batch of 256 (default 1e-3)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process (default 128)."),
-    n_last_blocks: Optional[int] = typer.Option(None, "--n-last-blocks", help="ViT: concatenate the CLS tokens of the last n blocks (default 4)."),
-    avgpool: Optional[bool] = typer.Option(None, "--avgpool/--no-avgpool", help="ViT: add the mean patch token (DINO's ViT-B setting)."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Val: shorter side before the center crop (default 256)."),
+    n_last_blocks: Optional[int] = typer.Option(
+        None, "--n-last-blocks", help="ViT: concatenate the CLS tokens of the last n blocks (default 4)."
+    ),
+    avgpool: Optional[bool] = typer.Option(
+        None, "--avgpool/--no-avgpool", help="ViT: add the mean patch token (DINO's ViT-B setting)."
+    ),
+    resize: Optional[int] = typer.Option(
+        None, "--resize", help="Val: shorter side before the center crop (default 256)."
+    ),
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size, train and val (default 224)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one DDP process each (0 = CPU; default: all visible)."),
+    gpus: Optional[int] = typer.Option(
+        None, "--gpus", help="GPUs, one DDP process each (0 = CPU; default: all visible)."
+    ),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
 ) -> None:
     """Linear probe on frozen features (SGD, cosine lr, random-resized-crop + flip); resumable."""
@@ -435,17 +539,31 @@ def eval_linear_cmd(
             "eval.linear_n_last_blocks": n_last_blocks,
             "eval.linear_avgpool_patchtokens": None if avgpool is None else str(avgpool).lower(),
             "data.eval_resize": resize, "data.eval_crop": crop}
-    result = evaluate_linear(checkpoint, _local_shardset(train), _local_shardset(val), out_dir, which=which, random_init=random_init,
-                             overrides=_eval_overrides(overrides, **opts), gpus=_eval_gpus(gpus), procs=procs)
+    result = evaluate_linear(
+        checkpoint,
+        _local_shardset(train),
+        _local_shardset(val),
+        out_dir,
+        which=which,
+        random_init=random_init,
+        overrides=_eval_overrides(overrides, **opts),
+        gpus=_eval_gpus(gpus),
+        procs=procs,
+    )
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"linear probe  {src.get('model', src.get('arch'))} ({weights}), {result['linear']['feature_dim']}-d features")
+    table = Table(
+        title=f"linear probe  {src.get('model', src.get('arch'))} ({weights}), "
+        f"{result['linear']['feature_dim']}-d features"
+    )
     for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
         table.add_column(col, justify="right")
     best = result["best"]
     for e in result["epochs"][-10:]:
         mark = " *" if best and e["epoch"] == best["epoch"] else ""
-        table.add_row(f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}")
+        table.add_row(
+            f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}"
+        )
     out.print(table)
     if best:
         out.print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f} %, top-5 {best['top5']:.2f} %"
@@ -457,13 +575,24 @@ def eval_linear_cmd(
 @user_errors
 def viz_attention_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size: cropped to a multiple of the patch)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    ),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
-    which: str = typer.Option("teacher", "--which", help="teacher or student."),
-    random_init: bool = typer.Option(False, "--random-init", help="Untrained network of the same architecture (baseline)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; 0 = keep the image size)."),
-    threshold: Optional[float] = typer.Option(0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="Untrained network of the same architecture (baseline)."
+    ),
+    size: Optional[int] = typer.Option(
+        None,
+        "--size",
+        help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; "
+        "0 = keep the image size).",
+    ),
+    threshold: Optional[float] = typer.Option(
+        0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."
+    ),
+    device: str = typer.Option("auto", "--device", metavar="[auto|cpu|cuda]", help="auto: cuda when present."),
 ) -> None:
     """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
     import torch
@@ -480,22 +609,30 @@ def viz_attention_cmd(
     if result["note"]:
         out.print(f"note: {result['note']}", highlight=False, soft_wrap=True)
     elif size is None:
-        out.print(f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
-                  highlight=False)
+        out.print(
+            f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
+            highlight=False,
+        )
     for entry in result["images"]:
         share = entry.get("share_of_patches_for_mass")
         extra = f"; patches holding {threshold:.0%} of each head's attention: " + \
             " ".join(f"{s:.0%}" for s in share) if share else ""
-        out.print(f"{entry['png']}  ({entry['width']}x{entry['height']} px, {entry['heads']} heads{extra})", highlight=False)
+        out.print(
+            f"{entry['png']}  ({entry['width']}x{entry['height']} px, {entry['heads']} heads{extra})", highlight=False
+        )
     err.print(f"results written to {Path(out_dir) / 'attention.json'}")
 
 
 @app.command("export")
 @user_errors
 def export_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint file, or a run directory (its newest checkpoint)."),
-    out_file: Path = typer.Option(..., "--out", "-o", help="Output FILE.safetensors (a FILE.json sidecar goes beside it)."),
-    which: str = typer.Option("teacher", "--which", help="teacher (default) or student."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    ),
+    out_file: Path = typer.Option(
+        ..., "--out", "-o", help="Output FILE.safetensors (a FILE.json sidecar goes beside it)."
+    ),
+    which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
 ) -> None:
     """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
     from dino_pipe.eval.export import export_backbone, sidecar_path
@@ -510,7 +647,7 @@ def export_cmd(
 @user_errors
 def viz_curves_cmd(
     run_dir: Path = typer.Argument(..., help="A dino-pipe train run directory (reads its metrics.jsonl)."),
-    knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --output); repeat."),
+    knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --json); repeat."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
     k: int = typer.Option(20, "--k", help="Which k of the k-NN results to draw."),
 ) -> None:

@@ -17,52 +17,112 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from dino_pipe.errors import UserError
+
+OutputDtype = Literal["float32", "bfloat16", "float16"]
+ContrastCenter = Literal["mean", "128"]
+Interp = Literal["gaussian", "cubic", "linear"]
+ClipMode = Literal["per_param", "global"]
+Optimizer = Literal["adamw", "sgd", "lars"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+FeatureDtype = Literal["float16", "bfloat16", "float32"]
+
+
+def choices(tp: Any) -> tuple[str, ...]:
+    """The allowed values of a ``Literal[...]`` choice type."""
+    return typing.get_args(tp)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
+def check_choice(value: Any, tp: Any, name: str) -> str:
+    """``value`` when it is one of the ``Literal`` type ``tp``'s choices; else a UserError naming ``name``
+    (a dotted config key or a CLI option). The one place a string choice is checked."""
+    allowed = choices(tp)
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise UserError(f"{name}: must be {_one_of(allowed)}, got {value!r}")
 
 
 @dataclass
 class DataConfig:
     """The DINO multi-crop recipe (defaults: the reference DINO augmentation) and loader knobs."""
 
-    batch_size: int = 64  # per process (per GPU)
+    batch_size: int = 64
+    """Images per step per process (per GPU)."""
     global_size: int = 224
+    """Side of the two global crops (pixels)."""
     global_scale: tuple[float, float] = (0.4, 1.0)
+    """Area range of a global crop, as a share of the image."""
     local_size: int = 96
+    """Side of the local crops (pixels)."""
     local_scale: tuple[float, float] = (0.05, 0.4)
+    """Area range of a local crop, as a share of the image."""
     n_local: int = 8
+    """Local crops per image."""
     aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Aspect-ratio range of the random resized crops."""
     flip_p: float = 0.5
+    """Probability of a horizontal flip."""
     jitter_p: float = 0.8
+    """Probability of the colour jitter."""
     brightness: float = 0.4
+    """Colour jitter: brightness strength."""
     contrast: float = 0.4
+    """Colour jitter: contrast strength."""
     saturation: float = 0.2
+    """Colour jitter: saturation strength."""
     hue: float = 0.1
+    """Colour jitter: hue strength (at most 0.5)."""
     grayscale_p: float = 0.2
+    """Probability of converting a view to grey."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Gaussian blur sigma range."""
     blur_p_global: tuple[float, float] = (1.0, 0.1)
+    """Blur probability of the first and second global crop."""
     blur_p_local: float = 0.5
+    """Blur probability of a local crop."""
     solarize_p_global: tuple[float, float] = (0.0, 0.2)
+    """Solarization probability of the first and second global crop."""
     solarize_p_local: float = 0.0
+    """Solarization probability of a local crop."""
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Normalization mean (ImageNet)."""
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """Normalization std (ImageNet)."""
     eval_resize: int = 256
+    """Evaluation: shorter side before the center crop."""
     eval_crop: int = 224
-    output_dtype: str = "float32"  # float32 | bfloat16 | float16 (half types on GPU only)
-    threads: int = 0  # DALI CPU threads; 0 = cores available / processes on this node (at most 8 per GPU pipeline)
+    """Evaluation: center crop size."""
+    output_dtype: OutputDtype = "float32"
+    """dtype of the views (half types on GPU only)."""
+    threads: int = 0
+    """DALI CPU threads; 0 = cores available / processes on this node (at most 8 per GPU pipeline)."""
     prefetch: int = 2
+    """Batches DALI prepares ahead."""
     hw_decoder_load: float = 0.65
-    shuffle_buffer: int = 1024  # samples in the reader's shuffle buffer (per rank; JPEG bytes held in memory)
-    contrast_center: str = "mean"  # mean (torchvision: the view's mean grey) | 128 (DALI color_twist, one pass)
-    interp: str = "gaussian"  # crop resize filter: gaussian (shrink; cubic enlarge; ~PIL bicubic, cheaper) | cubic (= PIL bicubic) | linear
+    """Share of JPEG decoding given to the hardware decoder (GPUs that have one)."""
+    shuffle_buffer: int = 1024
+    """Samples in the reader's shuffle buffer (per rank; JPEG bytes held in memory)."""
+    contrast_center: ContrastCenter = "mean"
+    """mean: torchvision (the view's mean grey); 128: DALI color_twist, one pass."""
+    interp: Interp = "gaussian"
+    """Crop resize filter: gaussian (shrink; cubic enlarge; ~PIL bicubic, cheaper), cubic (= PIL bicubic) or linear."""
     seed: int = 0
-    # s3:// shard sets are fetched whole (one GET per tar / idx, sha256-checked) into a local cache first
-    cache_dir: str = ""  # shard cache folder; "" = $DINO_PIPE_CACHE or ~/.cache/dino-pipe
-    cache_gb: float = 0.0  # most GB the shard cache may hold (LRU sets evicted); 0 = $DINO_PIPE_CACHE_GB or 200
-    fetch_threads: int = 0  # parallel shard downloads; 0 = $DINO_PIPE_FETCH_THREADS or 8
+    """Seed of the shuffle and the augmentations."""
+    cache_dir: str = ""
+    """s3:// shard sets are fetched whole (one GET per tar / idx, sha256-checked) into this local cache first;
+    "" = $DINO_PIPE_CACHE or ~/.cache/dino-pipe."""
+    cache_gb: float = 0.0
+    """Most GB the shard cache may hold (LRU sets evicted); 0 = $DINO_PIPE_CACHE_GB or 200."""
+    fetch_threads: int = 0
+    """Parallel shard downloads; 0 = $DINO_PIPE_FETCH_THREADS or 8."""
 
 
 @dataclass
@@ -70,14 +130,23 @@ class ModelConfig:
     """timm backbone + DINO head."""
 
     arch: str = "vit_small_patch16_224"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
-    drop_path: float = 0.1  # student only
+    """timm architecture name."""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra timm.create_model keyword arguments."""
+    drop_path: float = 0.1
+    """Stochastic depth rate (student only)."""
     out_dim: int = 65536
+    """DINO head output dimension (prototypes)."""
     hidden_dim: int = 2048
+    """DINO head MLP hidden dimension."""
     bottleneck_dim: int = 256
+    """DINO head bottleneck dimension."""
     head_layers: int = 3
+    """DINO head MLP layers."""
     use_bn_in_head: bool = False
+    """Batch norm in the head MLP."""
     norm_last_layer: bool = True
+    """Weight-normalize the head's last layer with a fixed norm."""
 
 
 @dataclass
@@ -85,26 +154,41 @@ class LossConfig:
     """DINO loss: student/teacher temperatures, teacher temperature warm-up, centering."""
 
     student_temp: float = 0.1
+    """Student softmax temperature."""
     warmup_teacher_temp: float = 0.04
+    """Teacher temperature at the start of the warm-up."""
     teacher_temp: float = 0.04
+    """Teacher temperature after the warm-up."""
     warmup_teacher_temp_epochs: int = 0
+    """Epochs of linear teacher temperature warm-up."""
     center_momentum: float = 0.9
+    """EMA momentum of the teacher output centre."""
 
 
 @dataclass
 class OptimConfig:
     """AdamW with the reference DINO schedules."""
 
-    base_lr: float = 5e-4  # for a global batch of 256; lr = base_lr * global_batch / 256
+    base_lr: float = 5e-4
+    """Learning rate for a global batch of 256; lr = base_lr * global_batch / 256."""
     min_lr: float = 1e-6
+    """Learning rate at the end of the cosine schedule."""
     warmup_epochs: int = 10
+    """Epochs of linear learning-rate warm-up."""
     weight_decay: float = 0.04
+    """Weight decay at the start (cosine schedule)."""
     weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # 0 disables
-    clip_mode: str = "per_param"  # per_param (reference) | global
+    """Weight decay at the end."""
+    clip_grad: float = 3.0
+    """Gradient clipping norm; 0 disables."""
+    clip_mode: ClipMode = "per_param"
+    """per_param (reference) or global clipping."""
     freeze_last_layer_epochs: int = 1
-    momentum_teacher: float = 0.996  # cosine to 1.0 per iteration
-    optimizer: str = "adamw"  # adamw (reference ViTs) | sgd (momentum 0.9) | lars (reference ResNet-50 runs)
+    """Epochs the head's last layer stays frozen."""
+    momentum_teacher: float = 0.996
+    """Teacher EMA momentum at the start (cosine to 1.0 per iteration)."""
+    optimizer: Optimizer = "adamw"
+    """adamw (reference ViTs), sgd (momentum 0.9) or lars (reference ResNet-50 runs)."""
 
 
 @dataclass
@@ -112,15 +196,25 @@ class TrainConfig:
     """Loop, precision, checkpointing and logging."""
 
     epochs: int = 100
-    max_steps: int = 0  # stop after this many steps in total (0 = run all epochs)
+    """Training epochs."""
+    max_steps: int = 0
+    """Stop after this many steps in total (0 = run all epochs)."""
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    """Seed of the model initialisation and the run's RNGs."""
+    precision: Precision = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."""
     compile: bool = False
+    """torch.compile the model."""
     checkpoint_every_steps: int = 500
+    """Steps between checkpoints (0 = epoch ends only)."""
     keep_checkpoints: int = 3
+    """Newest checkpoints kept."""
     log_every_steps: int = 10
+    """Steps between metrics lines."""
     collapse_check_every_steps: int = 50
-    cpu_threads: int = 0  # torch intra-op threads per process on the CPU (0 = torch's default / cores per process)
+    """Steps between collapse checks of the teacher output."""
+    cpu_threads: int = 0
+    """torch intra-op threads per process on the CPU (0 = torch's default / cores per process)."""
 
 
 @dataclass
@@ -128,22 +222,37 @@ class EvalConfig:
     """Evaluation protocol defaults (k-NN and linear probe)."""
 
     knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    """k-NN neighbour counts reported."""
     knn_temperature: float = 0.07
+    """k-NN vote weight exp(sim / T)."""
     knn_chunk_size: int = 1024
+    """Queries per similarity block."""
     batch_size: int = 128
+    """Images per extraction / linear step per process."""
     linear_epochs: int = 100
-    linear_lr: float = 1e-3  # for batch 256
+    """Linear probe epochs."""
+    linear_lr: float = 1e-3
+    """Linear probe learning rate for batch 256."""
     linear_n_last_blocks: int = 4
+    """ViT: concatenate the CLS tokens of the last n blocks."""
     linear_avgpool_patchtokens: bool = False
-    knn_bank_chunk_size: int = 65536  # train-bank rows per similarity block (memory: chunk x bank_chunk x 4 B)
-    feature_dtype: str = "float16"  # float16 | bfloat16 | float32: storage of extracted k-NN features
+    """ViT: add the mean patch token (DINO's ViT-B setting)."""
+    knn_bank_chunk_size: int = 65536
+    """Train-bank rows per similarity block (memory: chunk x bank_chunk x 4 B)."""
+    feature_dtype: FeatureDtype = "float16"
+    """Storage dtype of extracted k-NN features."""
     linear_momentum: float = 0.9
+    """Linear probe SGD momentum."""
     linear_weight_decay: float = 0.0
-    linear_crop_scale: tuple[float, float] = (0.08, 1.0)  # train augmentation: random resized crop + flip
+    """Linear probe weight decay."""
+    linear_crop_scale: tuple[float, float] = (0.08, 1.0)
+    """Linear probe train augmentation: random resized crop scale (+ flip)."""
 
 
 @dataclass
 class Config:
+    """The whole run: one section per stage."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -185,6 +294,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise UserError(errors[0] if errors else f"config key {key}: bad value {value!r}")
     if tp is Any:
         return value
+    if origin is Literal:
+        return check_choice(value, tp, f"config key {key}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key}: expected a list, got {value!r}")
@@ -331,6 +442,17 @@ def vit_patch_size(m: ModelConfig) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _check_choices(obj: Any, prefix: str = "") -> None:
+    """Every ``Literal`` field of the config tree holds one of its choices (also for configs built in code)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(hints[f.name]) is Literal:
+            check_choice(value, hints[f.name], f"config key {prefix}{f.name}")
+
+
 def validate(cfg: Config) -> None:
     """Range checks that a type check cannot express; each failure names the key."""
 
@@ -338,6 +460,7 @@ def validate(cfg: Config) -> None:
         if not cond:
             raise UserError(f"config key {key}: {what}")
 
+    _check_choices(cfg)
     d = cfg.data
     need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     need(d.global_size >= 8, "data.global_size", "must be >= 8 pixels")
@@ -354,13 +477,10 @@ def validate(cfg: Config) -> None:
     for name in ("brightness", "contrast", "saturation"):
         need(getattr(d, name) >= 0, f"data.{name}", "must be >= 0")
     need(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
-    need(d.output_dtype in ("float32", "bfloat16", "float16"), "data.output_dtype", "must be float32, bfloat16 or float16")
     need(d.threads >= 0, "data.threads", "must be >= 0 (0 = automatic)")
     need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
     need(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
     need(0.0 <= d.hw_decoder_load <= 1.0, "data.hw_decoder_load", "must be in [0, 1]")
-    need(d.contrast_center in ("mean", "128"), "data.contrast_center", "must be mean or 128")
-    need(d.interp in ("cubic", "gaussian", "linear"), "data.interp", "must be cubic, gaussian or linear")
     need(d.eval_crop <= d.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
     m = cfg.model
     patch = vit_patch_size(m)
@@ -374,21 +494,22 @@ def validate(cfg: Config) -> None:
     need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
     need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
     lo = cfg.loss
-    need(lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0, "loss.*_temp", "temperatures must be > 0")
+    need(
+        lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0,
+        "loss.*_temp",
+        "temperatures must be > 0",
+    )
     need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
     o = cfg.optim
     need(o.base_lr > 0, "optim.base_lr", "must be > 0")
     need(o.min_lr >= 0, "optim.min_lr", "must be >= 0")
     need(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
-    need(o.clip_mode in ("per_param", "global"), "optim.clip_mode", "must be per_param or global")
     need(0 <= o.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]")
-    need(o.optimizer in ("adamw", "sgd", "lars"), "optim.optimizer", "must be adamw, sgd or lars")
     need(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay", "must be >= 0")
     need(o.warmup_epochs >= 0 and o.freeze_last_layer_epochs >= 0, "optim.warmup_epochs", "epochs must be >= 0")
     need(lo.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0")
     t = cfg.train
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
-    need(t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "must be auto, bf16, fp16 or fp32")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = epoch ends only)")
     need(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
@@ -399,7 +520,14 @@ def validate(cfg: Config) -> None:
     need(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, "eval.knn_k", "must be a non-empty list of k >= 1")
     need(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
     need(e.knn_chunk_size >= 1 and e.knn_bank_chunk_size >= 1, "eval.knn_*chunk_size", "must be >= 1")
-    need(e.feature_dtype in ("float16", "bfloat16", "float32"), "eval.feature_dtype", "must be float16, bfloat16 or float32")
     need(e.batch_size >= 1 and e.linear_epochs >= 1, "eval.batch_size", "batch size and linear_epochs must be >= 1")
-    need(e.linear_lr > 0 and e.linear_n_last_blocks >= 1, "eval.linear_lr", "linear_lr must be > 0 and linear_n_last_blocks >= 1")
-    need(0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1, "eval.linear_crop_scale", "needs 0 < low <= high <= 1")
+    need(
+        e.linear_lr > 0 and e.linear_n_last_blocks >= 1,
+        "eval.linear_lr",
+        "linear_lr must be > 0 and linear_n_last_blocks >= 1",
+    )
+    need(
+        0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1,
+        "eval.linear_crop_scale",
+        "needs 0 < low <= high <= 1",
+    )

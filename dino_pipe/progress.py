@@ -16,7 +16,6 @@ bar.update(task, completed=.../advance=..., **fields); bar.advance(task, n); bar
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO

@@ -43,7 +43,9 @@ def photos() -> list[np.ndarray]:
     return _photo_arrays()
 
 
-def write_image_tree(root: Path, photos: list[np.ndarray], classes: int = 4, per_class: int = 10, seed: int = 0) -> Path:
+def write_image_tree(
+    root: Path, photos: list[np.ndarray], classes: int = 4, per_class: int = 10, seed: int = 0
+) -> Path:
     """An ImageFolder tree ``root/<class>/<i>.jpg`` of photo crops; class c uses photos c, c+k, ..."""
     crops = photo_crops(photos, classes * per_class, seed=seed)
     for i, a in enumerate(crops):
@@ -58,13 +60,15 @@ def image_tree(tmp_path, photos) -> Path:
     return write_image_tree(tmp_path / "tree", photos)
 
 
-def write_minimal_shardset(out: Path, samples: list[tuple[str, bytes, int | None]], per_shard: int, classes: list[str]) -> Path:
+def write_minimal_shardset(
+    out: Path, samples: list[tuple[str, bytes, int | None]], per_shard: int, classes: list[str]
+) -> Path:
     """A shard set in the dino-pipe layout, written with webdataset's TarWriter + DALI's index format
     (``.idx`` written by dino-pipe's own index writer, which ``tests/test_shards_format.py`` checks
     against DALI's ``wds2idx``; no console script needed, so this works where DALI is installed with
     ``pip --target``).
 
-    Layout (the contract between the shards and data rooms): ``out/shard-000000.tar`` (+ ``.idx``),
+    Layout (the contract between the shards and data packages): ``out/shard-000000.tar`` (+ ``.idx``),
     ... and ``out/manifest.json`` with ``num_samples``, ``classes`` and ``shards`` entries.
     """
     import hashlib
@@ -105,4 +109,6 @@ def tiny_shardset(tmp_path_factory, photos) -> Path:
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="JPEG", quality=90)
         samples.append((f"s{i:05d}", buf.getvalue(), i % 4))
-    return write_minimal_shardset(tmp_path_factory.mktemp("shards") / "tiny", samples, 32, [f"class_{c:02d}" for c in range(4)])
+    return write_minimal_shardset(
+        tmp_path_factory.mktemp("shards") / "tiny", samples, 32, [f"class_{c:02d}" for c in range(4)]
+    )

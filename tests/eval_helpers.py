@@ -1,4 +1,4 @@
-"""Helpers for the eval-room tests: tiny checkpoints in the trainer's format."""
+"""Helpers for the eval-package tests: tiny checkpoints in the trainer's format."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ TINY_OVERRIDES = [
 def write_tiny_checkpoint(run_dir: Path, *, patch: int = 8, img_size: int = 32, arch: str = "vit_tiny_patch16_224",
                           extra: list[str] = (), step: int = 10, seed: int = 0, depth: int = 4) -> Path:
     """A run dir with one checkpoint of a tiny ViT; student and teacher differ (teacher = EMA-like mix)."""
-    overrides = TINY_OVERRIDES + [f"model.arch={arch}", f"model.arch_kwargs={{img_size: {img_size}, patch_size: {patch}, depth: {depth}}}", *extra]
+    overrides = TINY_OVERRIDES + [
+        f"model.arch={arch}",
+        f"model.arch_kwargs={{img_size: {img_size}, patch_size: {patch}, depth: {depth}}}",
+        *extra,
+    ]
     cfg = load_config(None, overrides)
     torch.manual_seed(seed + 1)
     student, teacher = create_student_teacher(cfg.model)

@@ -34,7 +34,9 @@ class MotoServer:
     def __init__(self, auth: bool = False):
         exe = moto_executable()
         if exe is None:
-            pytest.skip("no moto_server (set DINO_PIPE_MOTO_SERVER or run tools/test.sh, which installs it in .venv-moto)")
+            pytest.skip(
+                "no moto_server (set DINO_PIPE_MOTO_SERVER or run tools/test.sh, which installs it in .venv-moto)"
+            )
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -45,7 +47,11 @@ class MotoServer:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] if self.proc.stderr else []
+                err = (
+                    self.proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+                    if self.proc.stderr
+                    else []
+                )
                 pytest.skip(f"moto_server exited at start: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -80,7 +80,11 @@ def test_jitter_factors_in_range_identity_when_off(flag_stats):
         assert v.min() >= lo - 1e-5 and v.max() <= hi + 1e-5, name
         assert abs(v.mean().item() - (lo + hi) / 2) < 0.05 * (hi - lo), name
     off = allf[~on]
-    assert (off[:, F["brightness"]] == 1).all() and (off[:, F["contrast"]] == 1).all() and (off[:, F["hue_deg"]] == 0).all()
+    assert (
+        (off[:, F["brightness"]] == 1).all()
+        and (off[:, F["contrast"]] == 1).all()
+        and (off[:, F["hue_deg"]] == 0).all()
+    )
     # saturation = jitter factor x (0 if grayscale)
     gray = allf[:, F["grayscale"]] == 1
     assert (allf[gray, F["saturation"]] == 0).all()
@@ -105,9 +109,8 @@ def _torchvision_areas(shardset, scale, n: int = 6000) -> torch.Tensor:
     import io
 
     from PIL import Image
-    from torchvision.transforms import RandomResizedCrop
-
     from test_data_loader import shard_contents
+    from torchvision.transforms import RandomResizedCrop
 
     sizes = [Image.open(io.BytesIO(jpg)).size for jpg, _ in shard_contents(shardset)]
     g = torch.random.fork_rng()

@@ -7,10 +7,10 @@ import json
 import shutil
 
 import pytest
+from conftest import photo_crops, write_minimal_shardset
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops, write_minimal_shardset
 from dino_pipe.cli import app
 from dino_pipe.config import DataConfig
 from dino_pipe.data.loader import EvalLoader, ViewLoader
@@ -86,8 +86,24 @@ def test_garbage_jpeg_is_translated_from_dali(tmp_path, photos):
         for _ in loader:
             pass
     _one_line(e, str(root), "DALI could not read it", "verify")
-    result = CliRunner().invoke(app, ["bench", "loader", str(root), "--steps", "1", "--warmup", "0", "--batch-size", "8",
-                                      "--n-local", "0", "--global-size", "32"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "loader",
+            str(root),
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "8",
+            "--n-local",
+            "0",
+            "--global-size",
+            "32",
+        ],
+    )
     assert result.exit_code == 2
     assert "Traceback" not in result.output
 

@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import photo_crops, write_minimal_shardset
 from PIL import Image
 
-from conftest import photo_crops, write_minimal_shardset
 from dino_pipe.config import DataConfig
 from dino_pipe.data.loader import EvalLoader, ViewLoader
 
@@ -78,7 +78,7 @@ def test_partial_batches_dropped_same_count_on_every_rank(tiny_shardset):
     cfg = DataConfig(n_local=0, **{**SMALL, "batch_size": 10})
     ranks = [ViewLoader(tiny_shardset, cfg, rank=r, world_size=3, debug=True) for r in range(3)]
     assert [len(r) for r in ranks] == [3, 3, 3]  # 32 samples per rank -> 3 whole batches of 10
-    for epoch in range(2):
+    for _epoch in range(2):
         got = [[b.indices for b in r] for r in ranks]
         assert [len(g) for g in got] == [3, 3, 3]
         flat = torch.cat([torch.cat(g) for g in got]).tolist()

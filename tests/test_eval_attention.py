@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+from eval_helpers import write_tiny_checkpoint
 from PIL import Image
 
 from dino_pipe.errors import UserError
 from dino_pipe.eval.attention import cls_attention, crop_to_patches, highlight_mask, mass_mask, render_attention
-from eval_helpers import write_tiny_checkpoint
 
 
 def _vit(patch: int, **kw):

@@ -7,12 +7,12 @@ import json
 import pytest
 import timm
 import torch
+from eval_helpers import write_tiny_checkpoint
 from safetensors.torch import load_file
 
 from dino_pipe.errors import UserError
 from dino_pipe.eval.export import export_backbone, load_exported
 from dino_pipe.eval.trained_backbone import load_backbone
-from eval_helpers import write_tiny_checkpoint
 
 
 @pytest.mark.parametrize("which", ["teacher", "student"])
@@ -39,7 +39,11 @@ def test_timm_loads_the_export_and_gives_the_same_features(tmp_path, which):
         assert not torch.allclose(fresh(x), ours(x), atol=1e-3)
     keys = set(load_file(str(out)))
     # the normalisation the run trained with travels in the pretrained config: timm's data config reports it
-    assert side["pretrained_cfg"]["mean"] == pytest.approx([0.1307] * 3) and side["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert side["pretrained_cfg"]["mean"] == pytest.approx([0.1307] * 3) and side["pretrained_cfg"]["input_size"] == [
+        3,
+        32,
+        32,
+    ]
     user = timm.create_model(side["arch"], pretrained=True, num_classes=0,
                              pretrained_cfg_overlay=side["pretrained_cfg"], **side["arch_kwargs"])
     data_cfg = timm.data.resolve_data_config({}, model=user)

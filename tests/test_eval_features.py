@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from eval_helpers import write_tiny_checkpoint
 
 from dino_pipe.errors import UserError
 from dino_pipe.eval.features import (
@@ -17,7 +18,6 @@ from dino_pipe.eval.features import (
 from dino_pipe.eval.knn_eval import evaluate_knn
 from dino_pipe.eval.trained_backbone import load_backbone
 from dino_pipe.eval.workers import WorkerContext
-from eval_helpers import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,18 @@ def tiny_run(tmp_path_factory):
 
 def test_two_processes_extract_every_sample_once_with_the_same_features(tiny_run, tiny_shardset, tmp_path):
     """k-NN with features saved from 1 process and from 2 gloo processes (each extracting half)."""
-    one = evaluate_knn(tiny_run, tiny_shardset, tiny_shardset, ks=(5, 20), which="student", save_features=tmp_path / "one")
-    two = evaluate_knn(tiny_run, tiny_shardset, tiny_shardset, ks=(5, 20), which="student", save_features=tmp_path / "two",
-                       procs=2)
+    one = evaluate_knn(
+        tiny_run, tiny_shardset, tiny_shardset, ks=(5, 20), which="student", save_features=tmp_path / "one"
+    )
+    two = evaluate_knn(
+        tiny_run, tiny_shardset, tiny_shardset, ks=(5, 20), which="student", save_features=tmp_path / "two", procs=2
+    )
     assert two["world_size"] == 2 and one["results"] == two["results"]
     for split in ("train", "val"):
-        f1, f2 = load_features(tmp_path / "one" / f"{split}.safetensors"), load_features(tmp_path / "two" / f"{split}.safetensors")
+        f1, f2 = (
+            load_features(tmp_path / "one" / f"{split}.safetensors"),
+            load_features(tmp_path / "two" / f"{split}.safetensors"),
+        )
         assert f1.features.shape == (96, 192) and f1.features.dtype == torch.float16
         assert torch.allclose(f1.features.float(), f2.features.float(), atol=2e-3)
         assert f1.labels.tolist() == f2.labels.tolist() == [i % 4 for i in range(96)]  # fixture labels: i % 4

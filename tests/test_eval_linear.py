@@ -7,10 +7,17 @@ import json
 import pytest
 import timm
 import torch
+from eval_helpers import write_tiny_checkpoint
 
 from dino_pipe.errors import UserError
-from dino_pipe.eval.linear import RESULT_FILE, STATE_FILE, LinearClassifier, ProbeFeatures, evaluate_linear, topk_correct
-from eval_helpers import write_tiny_checkpoint
+from dino_pipe.eval.linear import (
+    RESULT_FILE,
+    STATE_FILE,
+    LinearClassifier,
+    ProbeFeatures,
+    evaluate_linear,
+    topk_correct,
+)
 
 
 def test_probe_features_are_the_normed_cls_tokens_of_the_last_blocks():

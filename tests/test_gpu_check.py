@@ -34,7 +34,9 @@ def test_a_stage_past_its_limit_is_killed_and_the_next_ones_still_run(tmp_path):
     child = tmp_path / "child.py"
     child.write_text(f"import time\ntime.sleep(8)\nopen({str(marker)!r}, 'w')\n")
     parent = tmp_path / "parent.py"
-    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(60)\n")
+    parent.write_text(
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(60)\n"
+    )
 
     def slow(log, deadline):  # a command whose own child would outlive a plain kill
         gpu_check.must([sys.executable, str(parent)], log, deadline)
@@ -57,11 +59,17 @@ def test_a_stage_past_its_limit_is_killed_and_the_next_ones_still_run(tmp_path):
 def test_summary_keeps_nested_figures_and_fits_a_screen(tmp_path):
     bench = {"synthetic": {"images_per_s": 812.5, "median_step_s": 0.08}, "shards": {"images_per_s": 800.1,
              "data_wait_pct": 1.2, "peak_memory_gib": 11.0}, "shards_vs_synthetic": 0.985}
-    stages = {"bench_train": {"status": "ok", "seconds": 40.0, "figures": gpu_check.flatten(bench)},
-              "gpu_tests": {"status": "failed", "seconds": 3.0, "reason": "pytest exit code 1", "figures": {"passed": 3}}}
+    stages = {
+        "bench_train": {"status": "ok", "seconds": 40.0, "figures": gpu_check.flatten(bench)},
+        "gpu_tests": {"status": "failed", "seconds": 3.0, "reason": "pytest exit code 1", "figures": {"passed": 3}},
+    }
     text = gpu_check.summary_text({"machine": {"gpu": "H200", "torch": "2.11.0", "cuda": "13.0", "dali": "2.4.0",
                                                "cores": 16}, "seconds": 300.0, "budget_s": 345, "stages": stages})
-    assert "shards.images_per_s 800.1" in text and "shards.data_wait_pct 1.2" in text and "synthetic.images_per_s 812.5" in text
+    assert (
+        "shards.images_per_s 800.1" in text
+        and "shards.data_wait_pct 1.2" in text
+        and "synthetic.images_per_s 812.5" in text
+    )
     assert "pytest exit code 1" in text and "H200" in text
     assert len(text.splitlines()) < 25 and max(len(line) for line in text.splitlines()) < 400
 
@@ -73,7 +81,9 @@ def test_resume_comparison_says_equal_or_how_far(tmp_path):
     base = {"config": {}, "step": 4, "center": torch.zeros(1, 3), "student": w, "teacher": dict(w)}
     save_checkpoint(tmp_path / "x", base, keep=1)
     save_checkpoint(tmp_path / "y", base, keep=1)
-    save_checkpoint(tmp_path / "z", {**base, "teacher": {"a": torch.tensor([1.0, 1.5, 1.0]), "n": torch.tensor(2)}}, keep=1)
+    save_checkpoint(
+        tmp_path / "z", {**base, "teacher": {"a": torch.tensor([1.0, 1.5, 1.0]), "n": torch.tensor(2)}}, keep=1
+    )
     same = gpu_check.compare_checkpoints(tmp_path / "x", tmp_path / "y")
     assert same["equal"] and same["max_abs_diff"] == 0.0 and same["steps"] == [4, 4]
     other = gpu_check.compare_checkpoints(tmp_path / "x", tmp_path / "z")

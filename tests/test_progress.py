@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
 from typer.testing import CliRunner
 
 from dino_pipe.progress import PlainProgress, make_progress
@@ -96,7 +95,7 @@ def test_train_shard_verify_print_lines_without_a_terminal(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     lines = _progress_lines(res.output, "verify")
     assert lines and "40/40 100%" in lines[-1]
-    res = runner.invoke(app, ["train", "--data", "synthetic:16", "--output", str(tmp_path / "run"), "--gpus", "0",
+    res = runner.invoke(app, ["train", "--data", "synthetic:16", "--out", str(tmp_path / "run"), "--gpus", "0",
                               "--epochs", "1", "--batch-size", "4", "model.arch=vit_tiny_patch16_224",
                               "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}", "model.out_dim=64",
                               "model.hidden_dim=32", "model.bottleneck_dim=16", "data.global_size=32",
@@ -109,8 +108,9 @@ def test_train_shard_verify_print_lines_without_a_terminal(tmp_path, monkeypatch
 
 
 def test_eval_knn_prints_lines_without_a_terminal(tmp_path, monkeypatch, tiny_shardset):
-    from dino_pipe.cli import app
     from eval_helpers import write_tiny_checkpoint
+
+    from dino_pipe.cli import app
 
     monkeypatch.setenv("DINO_PIPE_PROGRESS_EVERY", "0")
     ckpt = write_tiny_checkpoint(tmp_path / "run")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image_tree, write_minimal_shardset
+from eval_helpers import write_tiny_checkpoint
 from typer.testing import CliRunner
 
-from conftest import write_image_tree, write_minimal_shardset
 from dino_pipe.cli import app
-from eval_helpers import write_tiny_checkpoint
 
 runner = CliRunner()
 
@@ -149,8 +149,9 @@ def tree(tmp_path, photos) -> Path:
 
 
 def labelled_set(root: Path, photos, labels: list[str]) -> Path:
-    from dino_pipe.sample_data import photo_crops
     from PIL import Image
+
+    from dino_pipe.sample_data import photo_crops
 
     samples = []
     for i, a in enumerate(photo_crops(photos, len(labels), seed=3)):
@@ -169,7 +170,7 @@ def test_train_refuses_a_foreign_non_empty_output_folder(tmp_path):
     for name in ("config.yaml", "summary.json", "metrics.jsonl"):
         (mine / name).write_text(f"my own {name}\n")
     before = snapshot(mine)
-    line = one_error_line("train", "--data", "synthetic:8", "--output", mine, "--gpus", "0", "-q", *TINY, code=2)
+    line = one_error_line("train", "--data", "synthetic:8", "--out", mine, "--gpus", "0", "-q", *TINY, code=2)
     assert "not a dino-pipe run" in line and str(mine) in line
     assert snapshot(mine) == before
 
@@ -177,7 +178,7 @@ def test_train_refuses_a_foreign_non_empty_output_folder(tmp_path):
 def test_train_output_new_empty_and_old_runs_still_work(tmp_path):
     run = tmp_path / "run"
     run.mkdir()  # an empty folder is fine
-    args = ["train", "--data", "synthetic:8", "--output", run, "--gpus", "0", "-q", *TINY]
+    args = ["train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY]
     assert run_cli(*args, "train.max_steps=1")[0] == 0
     assert (run / ".dino-pipe-run").is_file() and (run / "checkpoints" / "step-00000001.pt").is_file()
     (run / ".dino-pipe-run").unlink()  # a run made before the marker existed: its checkpoints mark it
@@ -219,7 +220,7 @@ def test_disk_full_when_shard_writes_the_manifest(small_fs, tree, monkeypatch):
 
 def test_disk_full_in_train_with_no_space(small_fs):
     fill(small_fs)
-    line = one_error_line("train", "--data", "synthetic:8", "--output", small_fs / "run", "--gpus", "0", "-q",
+    line = one_error_line("train", "--data", "synthetic:8", "--out", small_fs / "run", "--gpus", "0", "-q",
                           *TINY, code=1)
     assert "No space left on device" in line and str(small_fs / "run") in line
 
@@ -227,15 +228,15 @@ def test_disk_full_in_train_with_no_space(small_fs):
 @pytest.mark.slow  # starts two torch processes
 def test_disk_full_in_train_with_two_processes(small_fs):
     fill(small_fs)
-    line = one_error_line("train", "--data", "synthetic:8", "--output", small_fs / "run", "--gpus", "0", "--procs", "2",
+    line = one_error_line("train", "--data", "synthetic:8", "--out", small_fs / "run", "--gpus", "0", "--procs", "2",
                           "-q", *TINY, "data.batch_size=2", code=1)
     assert "No space left on device" in line and str(small_fs / "run") in line
 
 
 def test_disk_full_when_train_writes_a_checkpoint(small_fs, monkeypatch):
-    from dino_pipe.train import loop
+    from dino_pipe.train import checkpoint
 
-    save = loop.save_checkpoint
+    save = checkpoint.save_checkpoint
     calls = []
 
     def fill_then_save(run_dir, state, keep=3):  # the second checkpoint hits a full disk
@@ -244,15 +245,15 @@ def test_disk_full_when_train_writes_a_checkpoint(small_fs, monkeypatch):
             fill(small_fs)
         return save(run_dir, state, keep)
 
-    monkeypatch.setattr(loop, "save_checkpoint", fill_then_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", fill_then_save)
     run = small_fs / "run"
-    line = one_error_line("train", "--data", "synthetic:8", "--output", run, "--gpus", "0", "-q", *TINY,
+    line = one_error_line("train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY,
                           "train.checkpoint_every_steps=1", "train.max_steps=2", code=1)
     assert "step-00000002.pt" in line and "No space left on device" in line
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001.pt"]  # no torn file, no temp file
     (small_fs / "filler").unlink()
-    monkeypatch.setattr(loop, "save_checkpoint", save)
-    code, output = run_cli("train", "--data", "synthetic:8", "--output", run, "--gpus", "0", "-q", *TINY,
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    code, output = run_cli("train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY,
                            "train.checkpoint_every_steps=1", "train.max_steps=2")
     assert code == 0, output
     assert json.loads((run / "summary.json").read_text())["resumed_from"].endswith("step-00000001.pt")
@@ -282,7 +283,13 @@ def test_shard_symlink_policy(tree, tmp_path, photos):
     result = shard_tree(tree, tmp_path / "shards", ShardOptions(workers=1), progress=False)
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     links = {x["path"]: x["reason"] for x in manifest["skipped_links"]}
-    assert sorted(links) == ["class_00/here", "class_00/loop", "class_00/out.jpg", "class_00/self.jpg", "class_01/outdir"]
+    assert sorted(links) == [
+        "class_00/here",
+        "class_00/loop",
+        "class_00/out.jpg",
+        "class_00/self.jpg",
+        "class_01/outdir",
+    ]
     assert "loop" in links["class_00/self.jpg"] and "loops back" in links["class_00/loop"]
     assert "loops back" in links["class_00/here"]
     assert "outside" in links["class_00/out.jpg"] and "outside" in links["class_01/outdir"]
@@ -297,7 +304,7 @@ def test_shard_symlink_policy(tree, tmp_path, photos):
 @pytest.mark.parametrize("override,key", [("data.global_size=30", "data.global_size"),
                                           ("data.local_size=12", "data.local_size")])
 def test_train_patch_size_checked_before_anything_is_written(tmp_path, override, key):
-    line = one_error_line("train", "--data", "synthetic:8", "--output", tmp_path / "run", "--gpus", "0", "-q",
+    line = one_error_line("train", "--data", "synthetic:8", "--out", tmp_path / "run", "--gpus", "0", "-q",
                           *TINY, override, code=2)
     assert key in line and "patch size 8" in line
     assert not (tmp_path / "run").exists()
@@ -305,7 +312,7 @@ def test_train_patch_size_checked_before_anything_is_written(tmp_path, override,
 
 def test_eval_knn_crop_not_a_multiple_of_the_patch(ckpt, tiny_shardset, tmp_path):
     line = one_error_line("eval", "knn", "--checkpoint", ckpt, "--train", tiny_shardset, "--val", tiny_shardset,
-                          "--crop", "30", "--gpus", "0", "--output", tmp_path / "knn.json", code=2)
+                          "--crop", "30", "--gpus", "0", "--json", tmp_path / "knn.json", code=2)
     assert "data.eval_crop" in line and "patch size 8" in line
     assert not (tmp_path / "knn.json").exists()
 
@@ -317,7 +324,7 @@ def test_train_unreadable_data_folder(tiny_shardset, tmp_path, deny):
     data = tmp_path / "data"
     shutil.copytree(tiny_shardset, data)
     deny(data)
-    line = one_error_line("train", "--data", data, "--output", tmp_path / "run", "--gpus", "0", "-q", *TINY)
+    line = one_error_line("train", "--data", data, "--out", tmp_path / "run", "--gpus", "0", "-q", *TINY)
     assert "Permission denied" in line and str(data) in line and "permissions" in line
     assert not (tmp_path / "run").exists()
 
@@ -337,7 +344,7 @@ def test_verify_unreadable_tar(tiny_shardset, tmp_path, deny):
 
 def test_resume_checkpoint_whose_weights_disagree_with_its_config(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--data", "synthetic:8", "--output", run, "--gpus", "0", "-q", *TINY, "train.max_steps=1"]
+    args = ["train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY, "train.max_steps=1"]
     assert run_cli(*args)[0] == 0
     path = run / "checkpoints" / "step-00000001.pt"
     ck = torch.load(path, weights_only=True)
@@ -351,7 +358,7 @@ def test_resume_checkpoint_whose_weights_disagree_with_its_config(tmp_path):
 
 def test_truncated_checkpoint_names_the_previous_one(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--data", "synthetic:8", "--output", run, "--gpus", "0", "-q", *TINY,
+    args = ["train", "--data", "synthetic:8", "--out", run, "--gpus", "0", "-q", *TINY,
             "train.checkpoint_every_steps=1", "train.max_steps=2"]
     assert run_cli(*args)[0] == 0
     newest = run / "checkpoints" / "step-00000002.pt"
@@ -385,7 +392,7 @@ def test_bad_label_in_eval_and_train(tmp_path, photos, ckpt, bad, shown):
     data = labelled_set(tmp_path / "bad", photos, labels)
     line = one_error_line("eval", "knn", "--checkpoint", ckpt, "--train", data, "--val", data, "--gpus", "0", code=2)
     assert "shard-000001.tar sample s0005" in line and f"label {shown}" in line
-    line = one_error_line("train", "--data", data, "--output", tmp_path / "run", "--gpus", "0", "-q", *TINY, code=2)
+    line = one_error_line("train", "--data", data, "--out", tmp_path / "run", "--gpus", "0", "-q", *TINY, code=2)
     assert "shard-000001.tar sample s0005" in line
     assert not (tmp_path / "run").exists()
 
@@ -400,7 +407,7 @@ def test_changed_shard_of_the_same_size_is_refused(tiny_shardset, tmp_path, ckpt
     raw = bytearray(tar.read_bytes())
     raw[3000] ^= 0xFF  # one byte inside a JPEG: same size, different content
     tar.write_bytes(bytes(raw))
-    for args in (["train", "--data", data, "--output", tmp_path / "run", "--gpus", "0", "-q", *TINY],
+    for args in (["train", "--data", data, "--out", tmp_path / "run", "--gpus", "0", "-q", *TINY],
                  ["eval", "knn", "--checkpoint", ckpt, "--train", data, "--val", tiny_shardset, "--gpus", "0"],
                  ["bench", "loader", data, "--steps", "1", "--warmup", "0", "--batch-size", "4"]):
         line = one_error_line(*args, code=2)
@@ -437,8 +444,8 @@ def test_check_sha256_is_reusable(tmp_path):
 # ------------------------------------------------------------------ 9. output paths
 
 
-@pytest.mark.parametrize("case", ["train --output FILE", "viz attention --out FILE", "viz curves --out FOLDER",
-                                  "shard --output FOLDER", "export --out FOLDER"])
+@pytest.mark.parametrize("case", ["train --out FILE", "viz attention --out FILE", "viz curves --out FOLDER",
+                                  "shard --json FOLDER", "export --out FOLDER"])
 def test_output_paths_that_cannot_be_written(tmp_path, ckpt, tree, case):
     from PIL import Image
 
@@ -449,10 +456,10 @@ def test_output_paths_that_cannot_be_written(tmp_path, ckpt, tree, case):
     img = tmp_path / "img.jpg"
     Image.new("RGB", (40, 40)).save(img)
     args = {
-        "train --output FILE": ["train", "--data", "synthetic:8", "--output", a_file, "--gpus", "0", "-q", *TINY],
+        "train --out FILE": ["train", "--data", "synthetic:8", "--out", a_file, "--gpus", "0", "-q", *TINY],
         "viz attention --out FILE": ["viz", "attention", img, "--checkpoint", ckpt, "--out", a_file, "--device", "cpu"],
         "viz curves --out FOLDER": ["viz", "curves", ckpt.parent.parent, "--out", a_folder],
-        "shard --output FOLDER": ["shard", tree, "--out", tmp_path / "shards", "--output", a_folder, "-q"],
+        "shard --json FOLDER": ["shard", tree, "--out", tmp_path / "shards", "--json", a_folder, "-q"],
         "export --out FOLDER": ["export", "--checkpoint", ckpt, "--out", a_folder],
     }[case]
     before = snapshot(tmp_path)

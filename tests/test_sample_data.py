@@ -27,7 +27,9 @@ def tree_digest(root: Path) -> str:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "data"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_sample_data.py"), str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert "4000 grayscale 28x28 PNGs in 10 classes" in proc.stdout and "1000 grayscale" in proc.stdout
     return out
@@ -50,7 +52,9 @@ def test_layout_counts_and_formats(sample):
 
 def test_rerun_writes_identical_bytes(sample, tmp_path):
     out = tmp_path / "again"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_sample_data.py"), str(out)], check=True, capture_output=True
+    )
     assert tree_digest(out) == tree_digest(sample)
 
 
@@ -58,7 +62,10 @@ def test_sample_shards_and_verifies(sample, tmp_path):
     from dino_pipe.shards.verify import verify_shardset
 
     result = shard_tree(sample / "mnist", tmp_path / "mnist", ShardOptions(workers=2), progress=False)
-    assert [(s["split"], s["num_samples"], s["converted"]) for s in result["sets"]] == [("train", 4000, 4000), ("val", 1000, 1000)]
+    assert [(s["split"], s["num_samples"], s["converted"]) for s in result["sets"]] == [
+        ("train", 4000, 4000),
+        ("val", 1000, 1000),
+    ]
     assert load_manifest(tmp_path / "mnist" / "train")["conversions"] == {"PNG L": 4000}
     photos = shard_tree(sample / "photos", tmp_path / "photos", ShardOptions(workers=1), progress=False)["sets"][0]
     assert (photos["num_samples"], photos["converted"], photos["num_classes"]) == (8, 4, 0)

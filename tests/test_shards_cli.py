@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import photo_crops
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_crops
 from dino_pipe.cli import app
 
 runner = CliRunner()
@@ -38,12 +38,14 @@ def one_error_line(result) -> str:
 
 def test_shard_then_verify(tree, tmp_path):
     out = tmp_path / "out"
-    r = runner.invoke(app, ["shard", str(tree), "--out", str(out), "--shard-samples", "5", "-q", "--output", str(tmp_path / "r.json")])
+    r = runner.invoke(
+        app, ["shard", str(tree), "--out", str(out), "--shard-samples", "5", "-q", "--json", str(tmp_path / "r.json")]
+    )
     assert r.exit_code == 0, r.output
     assert "skipped 1 unreadable file" in r.output and "imagefolder" in r.output
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["sets"][0]["num_samples"] == 12 and result["sets"][0]["shards"] == 3
-    r = runner.invoke(app, ["verify", str(out), "-q", "--output", str(tmp_path / "v.json")])
+    r = runner.invoke(app, ["verify", str(out), "-q", "--json", str(tmp_path / "v.json")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "v.json").read_text())["ok"] is True
 
@@ -60,7 +62,9 @@ def test_error_paths_print_one_line(tree, tmp_path):
     assert "no images found" in one_error_line(runner.invoke(app, ["shard", str(tmp_path / "empty")]))
     (tmp_path / "onlytext").mkdir()
     (tmp_path / "onlytext" / "a.txt").write_text("x")
-    assert "no images found" in one_error_line(runner.invoke(app, ["shard", str(tmp_path / "onlytext"), "--layout", "unlabeled"]))
+    assert "no images found" in one_error_line(
+        runner.invoke(app, ["shard", str(tmp_path / "onlytext"), "--layout", "unlabeled"])
+    )
     (tmp_path / "afile").write_text("x")
     line = one_error_line(runner.invoke(app, ["shard", str(tree), "--out", str(tmp_path / "afile" / "sub")]))
     assert "cannot write to output folder" in line
@@ -92,6 +96,8 @@ def test_error_paths_print_one_line(tree, tmp_path):
 
 
 def test_real_process_exit_code_and_stderr(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dino_pipe", "shard", str(tmp_path / "missing")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dino_pipe", "shard", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: source folder {tmp_path / 'missing'} does not exist"]

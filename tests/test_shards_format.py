@@ -21,7 +21,9 @@ from dino_pipe.shards.tar import TarFormatError, TarShardWriter, member_header, 
 WDS2IDX = [sys.executable, "-m", "wds2idx"]  # DALI's own index tool (works without its console script)
 
 
-@pytest.mark.parametrize("name,size", [("a.jpg", 0), ("class_01__img_00001.jpg", 123456), ("k" * 96 + ".cls", 8**11 - 1)])
+@pytest.mark.parametrize(
+    "name,size", [("a.jpg", 0), ("class_01__img_00001.jpg", 123456), ("k" * 96 + ".cls", 8**11 - 1)]
+)
 def test_member_header_equals_tarfile_ustar(name, size):
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
@@ -49,7 +51,10 @@ def test_tar_is_standard_and_clock_free(tmp_path):
         assert t.extractfile("k003.jpg").read() == samples[3][1]
     # offsets the writer reports point at the data; the fast reader finds the same members
     data = (tmp_path / "s.tar").read_bytes()
-    assert all(data[m.offset : m.offset + m.size] == (samples[i // 2][1] if i % 2 == 0 else samples[i // 2][2]) for i, m in enumerate(members))
+    assert all(
+        data[m.offset : m.offset + m.size] == (samples[i // 2][1] if i % 2 == 0 else samples[i // 2][2])
+        for i, m in enumerate(members)
+    )
     with open(tmp_path / "s.tar", "rb") as f:
         assert list(read_members(f, len(data))) == members
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import photo_crops
 from PIL import Image
 
-from conftest import photo_crops
 from dino_pipe.shards.image import UnreadableImage, prepare_image
 from dino_pipe.shards.jpeg import JpegAnomaly, JpegTruncated, exif_orientation, inspect_jpeg
 
@@ -157,7 +157,9 @@ def test_conversions(crop):
     transparent_index = pal.getpixel((0, 0))
     out = prepare_image(png_bytes(pal, transparency=transparent_index))
     rgb = decode(out.data)
-    assert out.conversion == "PNG P" and (rgb[h // 2, 5] > 240).all() and rgb[h // 2, -5, 2] > 150  # transparent -> white
+    assert (
+        out.conversion == "PNG P" and (rgb[h // 2, 5] > 240).all() and rgb[h // 2, -5, 2] > 150
+    )  # transparent -> white
 
     ramp = (np.arange(64 * 32, dtype=np.uint32).reshape(32, 64) * 32).astype(np.uint16)  # 0..65504
     out = prepare_image(png_bytes(Image.fromarray(ramp)))
@@ -171,7 +173,11 @@ def test_conversions(crop):
 
 
 def test_unreadable_files_have_reasons():
-    for data, reason in [(b"", "empty"), (b"hello, not an image\n" * 20, "not an image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image|cannot decode")]:
+    for data, reason in [
+        (b"", "empty"),
+        (b"hello, not an image\n" * 20, "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image|cannot decode"),
+    ]:
         with pytest.raises(UnreadableImage, match=reason):
             prepare_image(data)
 

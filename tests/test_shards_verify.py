@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import photo_crops
 from PIL import Image
 
-from conftest import photo_crops
 from dino_pipe.errors import UserError
 from dino_pipe.shards.index import parse_index
 from dino_pipe.shards.verify import verify_shardset

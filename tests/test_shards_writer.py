@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from conftest import photo_crops
 from PIL import Image
 
-from conftest import photo_crops
 from dino_pipe.errors import UserError
 from dino_pipe.shards.journal import JOURNAL_NAME, read_journal
 from dino_pipe.shards.manifest import load_manifest
@@ -93,7 +93,9 @@ def test_imagenet_layout_train_and_val_share_labels(tmp_path, photos):
     assert (train["num_samples"], len(train["shards"]), val["num_samples"], val["split"]) == (30, 4, 10, "val")
     # the webdataset library reads the shards; labels follow train's mapping (eel = 2 in val too)
     for split, m in (("train", train), ("val", val)):
-        recs = list(wds.WebDataset([str(tmp_path / "out" / split / s["file"]) for s in m["shards"]], shardshuffle=False))
+        recs = list(
+            wds.WebDataset([str(tmp_path / "out" / split / s["file"]) for s in m["shards"]], shardshuffle=False)
+        )
         assert len(recs) == m["num_samples"] and len({r["__key__"] for r in recs}) == len(recs)
         for r in recs:
             assert m["classes"][int(r["cls"])] == r["__key__"].split("__")[0]
@@ -138,7 +140,9 @@ def odd_tree(tmp_path, photos) -> Path:
     Image.fromarray(crops[6][..., 1]).save(src / "b" / "gray.jpg", quality=90)
     pal = Image.fromarray(crops[7]).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     pal.save(src / "b" / "palette.png", transparency=0)
-    Image.fromarray((np.arange(50 * 70, dtype=np.uint32).reshape(50, 70) * 18).astype(np.uint16)).save(src / "b" / "deep16.png")
+    Image.fromarray((np.arange(50 * 70, dtype=np.uint32).reshape(50, 70) * 18).astype(np.uint16)).save(
+        src / "b" / "deep16.png"
+    )
     sideways = np.zeros((40, 60, 3), np.uint8)
     sideways[:, :30] = (220, 20, 20)
     exif = Image.Exif()
@@ -158,8 +162,11 @@ def test_odd_files_are_kept_converted_skipped_or_ignored(odd_tree, tmp_path):
     m = load_manifest(out)
     assert (m["num_samples"], s["skipped"], m["ignored"], m["converted"], m["source_files"]) == (12, 3, 3, 7, 15)
     reasons = {x["path"]: x["reason"] for x in m["skipped"]}
-    assert reasons == {"b/truncated.jpg": "truncated JPEG (no end-of-image marker)", "b/zero.jpg": "empty file (0 bytes)",
-                       "b/garbage.jpg": "not an image PIL can read (unknown format)"}
+    assert reasons == {
+        "b/truncated.jpg": "truncated JPEG (no end-of-image marker)",
+        "b/zero.jpg": "empty file (0 bytes)",
+        "b/garbage.jpg": "not an image PIL can read (unknown format)",
+    }
     assert m["conversions"] == {"CMYK JPEG": 1, "EXIF-rotated": 1, "PNG I;16": 1, "PNG P": 1, "PNG RGB": 1,
                                 "downscaled": 1, "grayscale JPEG": 1}
     members = tar_members(out)
@@ -197,10 +204,17 @@ def png_tree(tmp_path, photos) -> Path:
 def test_byte_identical_across_reruns_and_worker_counts(tmp_path, photos):
     crops = photo_crops(photos, 60, seed=7, size=(64, 48))
     for i, a in enumerate(crops):
-        save(tmp_path / "src" / f"k{i % 3}" / f"{i}.jpg", a) if i % 5 else save(tmp_path / "src" / f"k{i % 3}" / f"{i}.png", a, fmt="PNG")
+        save(tmp_path / "src" / f"k{i % 3}" / f"{i}.jpg", a) if i % 5 else save(
+            tmp_path / "src" / f"k{i % 3}" / f"{i}.png", a, fmt="PNG"
+        )
     outs = []
     for n, workers in enumerate((1, 2, 2)):
-        shard_tree(tmp_path / "src", tmp_path / f"out{n}", ShardOptions(shard_samples=7, seed=11, workers=workers), progress=False)
+        shard_tree(
+            tmp_path / "src",
+            tmp_path / f"out{n}",
+            ShardOptions(shard_samples=7, seed=11, workers=workers),
+            progress=False,
+        )
         outs.append(tmp_path / f"out{n}")
     first = set_bytes(outs[0])
     assert len(first) == 2 * 9  # 60 samples / 7 per shard = 9 shards, tar + idx each
@@ -240,8 +254,23 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(png_tree, tmp_path):
     options = ShardOptions(shard_samples=5, workers=2)
     shard_tree(png_tree, tmp_path / "ref", options, progress=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dino_pipe", "shard", str(png_tree), "--out", str(out), "--shard-samples", "5", "--workers", "2", "-q"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dino_pipe",
+        "shard",
+        str(png_tree),
+        "--out",
+        str(out),
+        "--shard-samples",
+        "5",
+        "--workers",
+        "2",
+        "-q",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     journal = out / JOURNAL_NAME
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -266,7 +295,9 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(png_tree, tmp_path):
     s = result["sets"][0]
     assert s["status"].startswith("resumed") and 2 <= s["resumed_shards"] < 48
     assert set_bytes(out) == set_bytes(tmp_path / "ref")
-    assert json.loads((out / "manifest.json").read_text()) == json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "manifest.json").read_text()
+    )
     assert not journal.exists() and not list(out.glob(".*tmp"))
 
 
@@ -285,7 +316,9 @@ def test_rerun_is_up_to_date_and_a_different_set_is_refused(tmp_path, photos):
         shard_tree(tmp_path / "src", out, ShardOptions(shard_samples=4, workers=1), progress=False)
     after = set_bytes(out) | {"manifest.json": hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()}
     assert after == before  # nothing destroyed
-    forced = shard_tree(tmp_path / "src", out, ShardOptions(shard_samples=4, seed=1, workers=1), force=True, progress=False)
+    forced = shard_tree(
+        tmp_path / "src", out, ShardOptions(shard_samples=4, seed=1, workers=1), force=True, progress=False
+    )
     assert forced["sets"][0]["num_samples"] == 11 and load_manifest(out)["options"]["seed"] == 1
     assert len(list(out.glob("*.tar"))) == 3
 

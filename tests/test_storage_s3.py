@@ -21,11 +21,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from s3_server import MotoServer, free_port
 from typer.testing import CliRunner
 
 from dino_pipe.atomic import read_jsonl
 from dino_pipe.errors import UserError
-from s3_server import MotoServer, free_port
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -116,7 +117,9 @@ def test_shard_to_s3_same_bytes_as_local_resumable_and_up_to_date(s3, image_tree
     assert len(local) == 10 and sorted(Path(k).name for k in stored if "/shard-" in k) == [p.name for p in local]
     for p in local:
         assert get(s3, f"sets/tiny/{p.name}") == p.read_bytes(), p.name
-    assert json.loads(get(s3, "sets/tiny/manifest.json")) == json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert json.loads(get(s3, "sets/tiny/manifest.json")) == json.loads(
+        (tmp_path / "local" / "manifest.json").read_text()
+    )
     assert not any((tmp_path / "cache" / "staging").rglob("*.tar")), "staging is emptied"
     assert shard_tree(image_tree, url, opts, progress=False)["sets"][0]["status"] == "up to date"
 
@@ -142,9 +145,10 @@ def test_verify_on_s3_and_a_corrupted_shard_is_refused(s3, tiny_shardset, tmp_pa
 
 
 def test_train_one_epoch_from_s3_equals_local_bit_for_bit(s3, tiny_shardset, tmp_path):
+    from test_train_loop import tiny_cfg
+
     from dino_pipe.train import load_checkpoint
     from dino_pipe.train.loop import train
-    from test_train_loop import tiny_cfg
 
     url = upload(s3, tiny_shardset, "t/tiny")
     base = ("train.epochs=1", "data.batch_size=16", "model.drop_path=0.1")
@@ -160,15 +164,31 @@ def test_train_one_epoch_from_s3_equals_local_bit_for_bit(s3, tiny_shardset, tmp
 
 @pytest.mark.slow
 def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
-    from dino_pipe.train import load_checkpoint
     from test_train_loop import TINY
+
+    from dino_pipe.train import load_checkpoint
 
     url = upload(s3, tiny_shardset, "k/tiny")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
     def cli(data, run_dir):
-        return [sys.executable, "-m", "dino_pipe", "train", "--data", str(data), "--output", str(run_dir), "--gpus", "0", "-q",
-                *TINY, "train.epochs=1", "train.checkpoint_every_steps=2", "model.drop_path=0.1"]
+        return [
+            sys.executable,
+            "-m",
+            "dino_pipe",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run_dir),
+            "--gpus",
+            "0",
+            "-q",
+            *TINY,
+            "train.epochs=1",
+            "train.checkpoint_every_steps=2",
+            "model.drop_path=0.1",
+        ]
 
     subprocess.run(cli(tiny_shardset, tmp_path / "full"), check=True, env=env, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
@@ -201,7 +221,7 @@ def test_eval_knn_from_s3_equals_local(s3, tiny_shardset, tmp_path):
     results = []
     for data, name in ((tiny_shardset, "local"), (url, "s3")):
         code, text = invoke(["eval", "knn", "--checkpoint", ckpt, "--train", data, "--val", data, "--gpus", "0",
-                             "--k", 5, "--resize", 40, "--crop", 32, "-o", tmp_path / f"{name}.json"])
+                             "--k", 5, "--resize", 40, "--crop", 32, "--json", tmp_path / f"{name}.json"])
         assert code == 0, text
         results.append(json.loads((tmp_path / f"{name}.json").read_text())["results"])
     assert results[0] == results[1]
@@ -215,14 +235,14 @@ def test_each_store_error_is_one_line(s3, tmp_path, monkeypatch, tiny_shardset, 
     run = tmp_path / "run"
     code, text = invoke(["verify", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", "-q"])
     assert_one_error_line(code, text, "does not exist")
-    code, text = invoke(["train", "--data", f"s3://{s3.bucket}/err/nothing", "--output", run, "--gpus", "0", "-q"])
+    code, text = invoke(["train", "--data", f"s3://{s3.bucket}/err/nothing", "--out", run, "--gpus", "0", "-q"])
     assert_one_error_line(code, text, "has no manifest.json")
     code, text = invoke(["shard", image_tree, "--out", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/set", "-q"])
     assert_one_error_line(code, text, "does not exist")
 
     with monkeypatch.context() as m:
         m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-        code, text = invoke(["train", "--data", url, "--output", run, "--gpus", "0", "-q"])
+        code, text = invoke(["train", "--data", url, "--out", run, "--gpus", "0", "-q"])
         assert_one_error_line(code, text, "cannot reach the S3 endpoint")
     with monkeypatch.context() as m:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
@@ -250,7 +270,7 @@ def test_wrong_credentials_are_one_line(monkeypatch, tmp_path):
 
 def test_urls_are_refused_where_only_local_paths_are_taken(tmp_path, monkeypatch, tiny_shardset):
     monkeypatch.chdir(tmp_path)
-    code, text = invoke(["train", "--data", tiny_shardset, "--output", "s3://bucket/run", "--gpus", "0", "-q"])
+    code, text = invoke(["train", "--data", tiny_shardset, "--out", "s3://bucket/run", "--gpus", "0", "-q"])
     assert_one_error_line(code, text, "output s3://bucket/run: s3:// locations are not supported here")
     code, text = invoke(["shard", "s3://bucket/images", "--out", tmp_path / "x", "-q"])
     assert_one_error_line(code, text, "s3:// locations are not supported here")
@@ -278,8 +298,8 @@ def test_a_dropped_download_is_retried_then_one_line(s3, monkeypatch):
         return real(**kw)
 
     monkeypatch.setattr(store.client, "get_object", flaky)
-    import io
     import hashlib
+    import io
 
     buf = io.BytesIO()
     assert store.download("d/obj", buf) == (5000, hashlib.sha256(b"x" * 5000).hexdigest()) and fails == [0]
@@ -298,13 +318,19 @@ def test_cache_is_bounded_lru_and_refetches_only_changed_shards(s3, tiny_shardse
     size = sum(p.stat().st_size for p in tiny_shardset.iterdir() if p.is_file())
     roomy = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.0)
     fa = fetch_shardset(a, roomy)
-    assert sorted(p.name for p in fa.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in fa.glob("shard-*.tar")) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
     before = {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")}
     assert fetch_shardset(a, roomy) == fa and {p.name: p.stat().st_mtime_ns for p in fa.glob("shard-*")} == before
 
     one_set = CacheSettings.resolve(str(tmp_path / "c1"), gb=1.5 * size / 1e9)  # room for one set, not two
     fb = fetch_shardset(b, one_set)
-    assert not list(fa.glob("shard-*.tar")) and len(list(fb.glob("shard-*.tar"))) == 3, "the least recently used set goes"
+    assert not list(fa.glob("shard-*.tar")) and len(list(fb.glob("shard-*.tar"))) == 3, (
+        "the least recently used set goes"
+    )
     tiny = CacheSettings.resolve(str(tmp_path / "c2"), gb=0.5 * size / 1e9)
     with pytest.raises(UserError, match="more than the shard cache may hold .* raise data.cache_gb"):
         fetch_shardset(a, tiny)
@@ -337,14 +363,38 @@ def test_shard_verify_train_eval_end_to_end_on_s3(s3, image_tree, tmp_path):
     code, text = invoke(["verify", url, "-q", "--device", "cpu"])
     assert code == 0 and "ok" in text, text
     run = tmp_path / "run"
-    code, text = invoke(["train", "--data", url, "--output", run, "--gpus", "0", "-q", *TINY, "data.batch_size=8",
+    code, text = invoke(["train", "--data", url, "--out", run, "--gpus", "0", "-q", *TINY, "data.batch_size=8",
                          "train.epochs=1"])
     assert code == 0, text
     code, text = invoke(["eval", "knn", "--checkpoint", run, "--train", url, "--val", url, "--gpus", "0", "--k", 5,
-                         "--resize", 40, "--crop", 32, "-o", tmp_path / "knn.json"])
+                         "--resize", 40, "--crop", 32, "--json", tmp_path / "knn.json"])
     assert code == 0 and json.loads((tmp_path / "knn.json").read_text())["results"][0]["k"] == 5, text
-    code, text = invoke(["eval", "linear", "--checkpoint", run, "--train", url, "--val", url, "--out", tmp_path / "lin",
-                         "--gpus", "0", "--epochs", 1, "--batch-size", 8, "--resize", 40, "--crop", 32, "--n-last-blocks", 1])
+    code, text = invoke(
+        [
+            "eval",
+            "linear",
+            "--checkpoint",
+            run,
+            "--train",
+            url,
+            "--val",
+            url,
+            "--out",
+            tmp_path / "lin",
+            "--gpus",
+            "0",
+            "--epochs",
+            1,
+            "--batch-size",
+            8,
+            "--resize",
+            40,
+            "--crop",
+            32,
+            "--n-last-blocks",
+            1,
+        ]
+    )
     assert code == 0 and (tmp_path / "lin" / "linear.json").is_file(), text
 
 

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from dino_pipe.config import load_config
 from dino_pipe.data.synthetic import SyntheticViewLoader
 from dino_pipe.train import load_checkpoint
-from dino_pipe.train.distributed import DistEnv, free_port, init_process_group, destroy_process_group
+from dino_pipe.train.distributed import DistEnv, destroy_process_group, free_port, init_process_group
 from dino_pipe.train.loop import train
 from dino_pipe.train.trainer import DINOTrainer
 
@@ -74,7 +74,9 @@ def test_synthetic_ranks_get_disjoint_data():
     assert not torch.equal(a.views[0], b.views[0])
 
 
-@pytest.mark.slow  # end to end: the launcher spawns 2 processes; the DDP arithmetic is tested by test_two_gloo_ranks_equal_one_process_with_double_batch
+# end to end: the launcher spawns 2 processes; the DDP arithmetic is tested by
+# test_two_gloo_ranks_equal_one_process_with_double_batch
+@pytest.mark.slow
 def test_train_with_two_cpu_processes(tmp_path):
     cfg = load_config(None, TINY + ["data.batch_size=4", "train.checkpoint_every_steps=2", "train.max_steps=3"])
     s = train(cfg, "synthetic:32", tmp_path, gpus=0, procs=2, progress=False)  # 4 steps per epoch

@@ -24,7 +24,9 @@ def _views(batch: int = 8) -> list[torch.Tensor]:
     return [torch.randn(batch, 3, s, s, generator=g).cuda() for s in (32, 32, 16, 16)]
 
 
-@pytest.mark.parametrize("extra", [[], ["train.precision=fp16"], ["optim.clip_mode=global"], ["model.use_bn_in_head=true"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["train.precision=fp16"], ["optim.clip_mode=global"], ["model.use_bn_in_head=true"]]
+)
 def test_steps_without_sync_never_wait_for_the_device(extra):
     cfg = load_config(None, TINY + extra)
     trainer = DINOTrainer(cfg, DistEnv(device="cuda"), steps_per_epoch=100)

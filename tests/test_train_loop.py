@@ -42,12 +42,18 @@ def test_run_dir_layout_checkpoints_and_resume(tmp_path):
     assert [r["step"] for r in m] == [1, 2, 3, 4, 5]
     for key in ("loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s", "data_wait_pct", "grad_norm"):
         assert key in m[-1]
-    assert "teacher_entropy" in m[1] and "prototypes_used" in m[1] and m[1]["teacher_entropy_max"] == pytest.approx(4.1589, 1e-3)
+    assert (
+        "teacher_entropy" in m[1]
+        and "prototypes_used" in m[1]
+        and m[1]["teacher_entropy_max"] == pytest.approx(4.1589, 1e-3)
+    )
     ck = load_checkpoint(tmp_path)
     assert ck["step"] == 5 and ck["data"] == {"epoch": 0, "step": 5} and ck["center"].shape == (1, 64)
     assert not torch.equal(ck["student"]["head.mlp.0.weight"], ck["teacher"]["head.mlp.0.weight"])
 
-    cfg2 = tiny_cfg("train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=2", "train.max_steps=10")
+    cfg2 = tiny_cfg(
+        "train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=2", "train.max_steps=10"
+    )
     s2 = train(cfg2, "synthetic:32", tmp_path, gpus=0, progress=False)
     assert s2["resumed_from"].endswith("step-00000005.pt") and s2["steps"] == 10 and s2["steps_this_run"] == 5
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 11))
@@ -59,15 +65,33 @@ def test_run_dir_layout_checkpoints_and_resume(tmp_path):
 
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dino_pipe", "train", "--data", "synthetic:48", "--output", str(run_dir),
-            "--gpus", "0", "-q", *TINY, "train.epochs=2", "train.checkpoint_every_steps=2", "model.drop_path=0.1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "dino_pipe",
+        "train",
+        "--data",
+        "synthetic:48",
+        "--out",
+        str(run_dir),
+        "--gpus",
+        "0",
+        "-q",
+        *TINY,
+        "train.epochs=2",
+        "train.checkpoint_every_steps=2",
+        "model.drop_path=0.1",
+        *extra,
+    ]
 
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
-@pytest.mark.slow  # end to end: two CLI trainings in subprocesses, one killed; in-process exact resume is tested by test_real_shards_through_viewloader_and_exact_resume
+# end to end: two CLI trainings in subprocesses, one killed; in-process exact resume is tested by
+# test_real_shards_through_viewloader_and_exact_resume
+@pytest.mark.slow
 def test_exact_resume_after_kill9(tmp_path):
     """kill -9 at a random step, rerun the same command: the final weights equal an uninterrupted run's."""
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -149,13 +173,36 @@ def test_cli_user_errors_are_one_line(tmp_path, tiny_shardset):
 
     runner = CliRunner()
     cases = [
-        (["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "r"), "--gpus", "0"], "no such shard set"),
-        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "model.nope=1"], "unknown config key"),
-        (["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "0", "optim.clip_mode=foo"], "optim.clip_mode"),
-        (["train", "--data", str(tiny_shardset), "--output", str(tmp_path / "r"), "--gpus", "0", "data.batch_size=1000"], "batch"),
+        (
+            ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--gpus", "0"],
+            "no such shard set",
+        ),
+        (
+            ["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "0", "model.nope=1"],
+            "unknown config key",
+        ),
+        (
+            ["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "0", "optim.clip_mode=foo"],
+            "optim.clip_mode",
+        ),
+        (
+            [
+                "train",
+                "--data",
+                str(tiny_shardset),
+                "--out",
+                str(tmp_path / "r"),
+                "--gpus",
+                "0",
+                "data.batch_size=1000",
+            ],
+            "batch",
+        ),
     ]
     if not torch.cuda.is_available():
-        cases.append((["train", "--data", "synthetic:8", "--output", str(tmp_path / "r"), "--gpus", "2"], "--gpus 2 requested"))
+        cases.append(
+            (["train", "--data", "synthetic:8", "--out", str(tmp_path / "r"), "--gpus", "2"], "--gpus 2 requested")
+        )
     for args, needle in cases:
         res = runner.invoke(app, args)
         text = res.output
@@ -226,7 +273,14 @@ def test_extend_a_finished_run_to_more_epochs(tmp_path, capsys):
     with pytest.raises(UserError, match="add --extend"):
         train(tiny_cfg("train.epochs=2"), "synthetic:16", tmp_path, gpus=0, progress=False)
     with pytest.raises(UserError, match="different config.*optim.base_lr"):  # --extend allows epochs only
-        train(tiny_cfg("train.epochs=2", "optim.base_lr=0.1"), "synthetic:16", tmp_path, gpus=0, progress=False, extend=True)
+        train(
+            tiny_cfg("train.epochs=2", "optim.base_lr=0.1"),
+            "synthetic:16",
+            tmp_path,
+            gpus=0,
+            progress=False,
+            extend=True,
+        )
     s2 = train(tiny_cfg("train.epochs=2"), "synthetic:16", tmp_path, gpus=0, progress=False, extend=True)
     assert s2["steps"] == 8 and s2["steps_this_run"] == 4 and s2["resumed_from"].endswith("step-00000004.pt")
     assert "from 1 to 2 epochs" in capsys.readouterr().err
@@ -247,7 +301,7 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     parent = tmp_path / "shards"
     parent.mkdir()
     (parent / "train").symlink_to(tiny_shardset, target_is_directory=True)
-    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r"), "--gpus", "0", "-q",
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r"), "--gpus", "0", "-q",
                                    "--epochs", "1", "--batch-size", "4", *[t for t in TINY if "batch_size" not in t],
                                    "train.max_steps=1"])
     assert res.exit_code == 0, res.output
@@ -256,5 +310,5 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     assert cfg["train"]["epochs"] == 1 and cfg["data"]["batch_size"] == 4
     (parent / "train").unlink()
     (parent / "val").symlink_to(tiny_shardset, target_is_directory=True)
-    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--output", str(tmp_path / "r2"), "--gpus", "0"])
+    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r2"), "--gpus", "0"])
     assert res.exit_code != 0 and "holds the shard sets val" in res.output and "Traceback" not in res.output

@@ -12,8 +12,14 @@ from dino_pipe.config import Config, ModelConfig, OptimConfig
 from dino_pipe.errors import UserError
 from dino_pipe.models import create_student_teacher
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import (find_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
-                                        set_rng_state)
+from dino_pipe.train.checkpoint import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dino_pipe.train.diagnostics import CollapseMonitor
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import LARS, build_optimizer, cancel_last_layer_grads, clip_gradients, param_groups
@@ -38,7 +44,9 @@ def direct_cosine(base, final, epochs, spe, warmup_epochs, start=0.0):
     return out
 
 
-@pytest.mark.parametrize("base,final,epochs,spe,warm", [(1e-3, 1e-6, 7, 5, 2), (0.996, 1.0, 3, 4, 0), (0.04, 0.4, 1, 9, 0)])
+@pytest.mark.parametrize(
+    "base,final,epochs,spe,warm", [(1e-3, 1e-6, 7, 5, 2), (0.996, 1.0, 3, 4, 0), (0.04, 0.4, 1, 9, 0)]
+)
 def test_cosine_schedule_matches_direct(base, final, epochs, spe, warm):
     got = cosine_schedule(base, final, epochs, spe, warmup_epochs=warm)
     want = direct_cosine(base, final, epochs, spe, warm)
@@ -159,8 +167,15 @@ def test_checkpoint_roundtrip_keep_last_and_errors(tmp_path):
     torch.manual_seed(0)
     student, teacher = create_student_teacher(TINY)
     torch.manual_seed(123)
-    state = {"config": Config().to_dict(), "epoch": 0, "student": student.state_dict(),
-             "teacher": teacher.state_dict(), "center": torch.randn(1, 32), "rng": rng_state(), "data": {"epoch": 0, "step": 3}}
+    state = {
+        "config": Config().to_dict(),
+        "epoch": 0,
+        "student": student.state_dict(),
+        "teacher": teacher.state_dict(),
+        "center": torch.randn(1, 32),
+        "rng": rng_state(),
+        "data": {"epoch": 0, "step": 3},
+    }
     for step in (2, 4, 6, 8):
         save_checkpoint(tmp_path, {**state, "step": step}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000006.pt", "step-00000008.pt"]

@@ -109,7 +109,11 @@ def test_syncbatchnorm_resnet_with_bn_head(monkeypatch):
     bns = [m for m in synced.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and all(isinstance(m, nn.SyncBatchNorm) for m in bns)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.student.head.modules())  # the BN head too
-    assert all(isinstance(m, nn.SyncBatchNorm) for m in synced.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    assert all(
+        isinstance(m, nn.SyncBatchNorm)
+        for m in synced.teacher.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
     for i in range(2):
         a, b = plain.step(_views(i), i), synced.step(_views(i), i)
         assert torch.equal(a.loss, b.loss)
@@ -126,7 +130,9 @@ def test_syncbatchnorm_resnet_with_bn_head(monkeypatch):
 def test_torch_compile_step_matches_eager():
     cfg = load_config(None, TINY + ["model.drop_path=0.0"])
     eager = DINOTrainer(cfg, DistEnv(device="cpu"), 100)
-    compiled = DINOTrainer(load_config(None, TINY + ["model.drop_path=0.0", "train.compile=true"]), DistEnv(device="cpu"), 100)
+    compiled = DINOTrainer(
+        load_config(None, TINY + ["model.drop_path=0.0", "train.compile=true"]), DistEnv(device="cpu"), 100
+    )
     w0 = _weights(eager.student)
     for i in range(2):
         a, b = eager.step(_views(i), i), compiled.step(_views(i), i)

@@ -85,17 +85,25 @@ def main(argv: list[str] | None = None) -> dict:
     med = lambda rs, k: statistics.median(x[k] for x in rs)  # noqa: E731
     h_ms = med(rows["sha256"], "cpu_ms_per_image")
     result = {
-        "shardset": str(args.shardset), "samples": rows["sha256"][0]["samples"], "bytes": rows["sha256"][0]["bytes"],
+        "shardset": str(args.shardset),
+        "samples": rows["sha256"][0]["samples"],
+        "bytes": rows["sha256"][0]["bytes"],
         "sha256_mb_per_s": round(med(rows["sha256"], "mb_per_s"), 1),
-        "sha256_mb_per_cpu_s": round(med(rows["sha256"], "mb_per_cpu_s"), 1), "sha256_cpu_ms_per_image": round(h_ms, 4),
+        "sha256_mb_per_cpu_s": round(med(rows["sha256"], "mb_per_cpu_s"), 1),
+        "sha256_cpu_ms_per_image": round(h_ms, 4),
         "loader_cpu_ms_per_image": {k: med(rows[k], "cpu_ms_per_image") for k in ("train_views", "two_globals")},
-        "hash_vs_load_ratio": {k: round(h_ms / med(rows[k], "cpu_ms_per_image"), 4) for k in ("train_views", "two_globals")},
+        "hash_vs_load_ratio": {
+            k: round(h_ms / med(rows[k], "cpu_ms_per_image"), 4) for k in ("train_views", "two_globals")
+        },
         "rounds": rows,
     }
-    print(f"median: sha256 {result['sha256_mb_per_cpu_s']:.0f} MB per CPU second ({result['sha256_mb_per_s']:.0f} MB/s wall) "
-          f"= {h_ms:.3f} CPU ms per image; "
-          f"hashing costs {100 * result['hash_vs_load_ratio']['train_views']:.2f} % of loading an image for training "
-          f"(2+10 crops), {100 * result['hash_vs_load_ratio']['two_globals']:.2f} % of the cheapest load (2 crops)")
+    print(
+        f"median: sha256 {result['sha256_mb_per_cpu_s']:.0f} MB per CPU second "
+        f"({result['sha256_mb_per_s']:.0f} MB/s wall) "
+        f"= {h_ms:.3f} CPU ms per image; "
+        f"hashing costs {100 * result['hash_vs_load_ratio']['train_views']:.2f} % of loading an image for training "
+        f"(2+10 crops), {100 * result['hash_vs_load_ratio']['two_globals']:.2f} % of the cheapest load (2 crops)"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

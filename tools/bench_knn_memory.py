@@ -44,7 +44,9 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def child(n_train: int, n_query: int, dim: int, dtype_name: str, classes: int, query_chunk: int, bank_chunk: int) -> dict:
+def child(
+    n_train: int, n_query: int, dim: int, dtype_name: str, classes: int, query_chunk: int, bank_chunk: int
+) -> dict:
     import torch
 
     from dino_pipe.eval.knn import knn_classify
@@ -109,7 +111,10 @@ def main() -> None:
                "--bank-chunk", str(args.bank_chunk)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            print(f"{n_train:>9} {n_query:>8}  failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            print(
+                f"{n_train:>9} {n_query:>8}  failed: "
+                f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}"
+            )
             break
         row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)

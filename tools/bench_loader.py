@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.rounds):
             for name in ("dali", "reference"):
                 cfg = DataConfig(interp=args.interp if name == "dali" else "cubic")
-                res = bench_loader(args.shardset, cfg, loader=name, device=args.device if name == "dali" else "cpu", **common)
+                res = bench_loader(
+                    args.shardset, cfg, loader=name, device=args.device if name == "dali" else "cpu", **common
+                )
                 res["load_avg_1min"] = round(os.getloadavg()[0], 2)
                 rows[name].append(res)
                 print(f"round {r + 1} {name:9s} {res['images_per_s']:8.1f} img/s  {res['views_per_s']:9.1f} views/s  "
@@ -91,13 +93,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2) from None
     med = {k: statistics.median(x["images_per_s"] for x in v) for k, v in rows.items()}
     result = {
-        "shardset": str(args.shardset), "device": args.device, "dali_interp": args.interp, **common, "views_per_image": 2 + args.n_local,
-        "rounds": args.rounds, "dali_images_per_s": [x["images_per_s"] for x in rows["dali"]],
+        "shardset": str(args.shardset),
+        "device": args.device,
+        "dali_interp": args.interp,
+        **common,
+        "views_per_image": 2 + args.n_local,
+        "rounds": args.rounds,
+        "dali_images_per_s": [x["images_per_s"] for x in rows["dali"]],
         "reference_images_per_s": [x["images_per_s"] for x in rows["reference"]],
         "dali_cpu_ms_per_image": [x["cpu_ms_per_image"] for x in rows["dali"]],
         "reference_cpu_ms_per_image": [x["cpu_ms_per_image"] for x in rows["reference"]],
         "load_avg_1min": [x["load_avg_1min"] for k in ("dali", "reference") for x in rows[k]],
-        "dali_median_images_per_s": med["dali"], "reference_median_images_per_s": med["reference"],
+        "dali_median_images_per_s": med["dali"],
+        "reference_median_images_per_s": med["reference"],
         "dali_median_views_per_s": statistics.median(x["views_per_s"] for x in rows["dali"]),
         "ratio": round(med["dali"] / med["reference"], 3),
         "dali_median_cpu_ms_per_image": statistics.median(x["cpu_ms_per_image"] for x in rows["dali"]),

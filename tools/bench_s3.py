@@ -47,7 +47,11 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     import shutil
     import socket
 
-    exe = os.environ.get("DINO_PIPE_MOTO_SERVER") or shutil.which("moto_server") or str(ROOT / ".venv-moto/bin/moto_server")
+    exe = (
+        os.environ.get("DINO_PIPE_MOTO_SERVER")
+        or shutil.which("moto_server")
+        or str(ROOT / ".venv-moto/bin/moto_server")
+    )
     if not os.access(exe, os.X_OK):
         sys.exit("bench_s3: no moto_server (set DINO_PIPE_MOTO_SERVER, or give --endpoint of a running S3 server)")
     with socket.socket() as s:
@@ -87,7 +91,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-local", type=int, default=2)
-    ap.add_argument("--dali-s3-steps", type=int, default=2, help="timed batches of DALI's own s3 reader (slow); 0 = skip")
+    ap.add_argument(
+        "--dali-s3-steps", type=int, default=2, help="timed batches of DALI's own s3 reader (slow); 0 = skip"
+    )
     ap.add_argument("--endpoint", default=None, help="an S3 server already running (else a local moto server)")
     ap.add_argument("--bucket", default="dino-pipe-bench")
     ap.add_argument("--json", default=None)
@@ -127,8 +133,16 @@ def main() -> None:
         n_shards = len(open_shardset(local).tars)
         mb = sum(p.stat().st_size for p in local.glob("*.tar")) / 1e6
         cfg = DataConfig()
-        kw = dict(batch_size=args.batch_size, threads=args.threads, n_local=args.n_local, steps=args.steps, warmup=args.warmup)
-        rows: dict[str, list[float]] = {"local": [], "s3 cold": [], "s3 warm": [], "fetch cold s": [], "fetch warm s": []}
+        kw = dict(
+            batch_size=args.batch_size, threads=args.threads, n_local=args.n_local, steps=args.steps, warmup=args.warmup
+        )
+        rows: dict[str, list[float]] = {
+            "local": [],
+            "s3 cold": [],
+            "s3 warm": [],
+            "fetch cold s": [],
+            "fetch warm s": [],
+        }
         per_shard = None
         for r in range(args.rounds):
             rows["local"].append(bench_loader(local, cfg, **kw)["images_per_s"])
@@ -149,9 +163,15 @@ def main() -> None:
         dali = None
         if args.dali_s3_steps:
             s = open_shardset(local)
-            remote = ShardSet(root=local, tars=tuple(f"s3://{args.bucket}/{url.key(Path(t).name)}" for t in s.tars),
-                              indexes=tuple(f"s3://{args.bucket}/{url.key(Path(i).name)}" for i in s.indexes),
-                              shard_samples=s.shard_samples, num_samples=s.num_samples, classes=s.classes, labeled=s.labeled)
+            remote = ShardSet(
+                root=local,
+                tars=tuple(f"s3://{args.bucket}/{url.key(Path(t).name)}" for t in s.tars),
+                indexes=tuple(f"s3://{args.bucket}/{url.key(Path(i).name)}" for i in s.indexes),
+                shard_samples=s.shard_samples,
+                num_samples=s.num_samples,
+                classes=s.classes,
+                labeled=s.labeled,
+            )
             mark = log.stat().st_size if log.exists() else 0
             t0 = time.perf_counter()
             res = bench_loader(remote, cfg, **{**kw, "steps": args.dali_s3_steps, "warmup": 1})
@@ -159,24 +179,46 @@ def main() -> None:
             time.sleep(0.3)
             reqs = count_requests(log, mark) if proc is not None else {}
             images = (args.dali_s3_steps + 1) * args.batch_size
-            dali = {"images_per_s": res["images_per_s"], "requests": reqs, "images_timed": images, "seconds": round(wall, 1),
-                    "requests_per_shard": {m: round(n / n_shards, 1) for m, n in reqs.items()}}
+            dali = {
+                "images_per_s": res["images_per_s"],
+                "requests": reqs,
+                "images_timed": images,
+                "seconds": round(wall, 1),
+                "requests_per_shard": {m: round(n / n_shards, 1) for m, n in reqs.items()},
+            }
         med = {k: statistics.median(v) for k, v in rows.items()}
-        result = {"shards": n_shards, "images": args.images, "MB": round(mb, 1), "rounds": rows, "median": med,
-                  "warm_over_local": round(med["s3 warm"] / med["local"], 3), "cold_over_local": round(med["s3 cold"] / med["local"], 3),
-                  "fetch_MB_per_s": round(mb / med["fetch cold s"], 1), "requests_per_shard_cold_fetch": per_shard,
-                  "dali_s3_reader": dali, "loadavg_1min": os.getloadavg()[0], "settings": kw}
-        print(f"set: {args.images} images, {n_shards} shards, {mb:.1f} MB; load average {os.getloadavg()[0]:.2f} (1 min)")
+        result = {
+            "shards": n_shards,
+            "images": args.images,
+            "MB": round(mb, 1),
+            "rounds": rows,
+            "median": med,
+            "warm_over_local": round(med["s3 warm"] / med["local"], 3),
+            "cold_over_local": round(med["s3 cold"] / med["local"], 3),
+            "fetch_MB_per_s": round(mb / med["fetch cold s"], 1),
+            "requests_per_shard_cold_fetch": per_shard,
+            "dali_s3_reader": dali,
+            "loadavg_1min": os.getloadavg()[0],
+            "settings": kw,
+        }
+        print(
+            f"set: {args.images} images, {n_shards} shards, {mb:.1f} MB; load average {os.getloadavg()[0]:.2f} (1 min)"
+        )
         print(f"{'round':>6} {'local':>9} {'s3 cold':>9} {'s3 warm':>9} {'fetch cold s':>13} {'fetch warm s':>13}")
         for r in range(args.rounds):
             print(f"{r:>6} {rows['local'][r]:>9.1f} {rows['s3 cold'][r]:>9.1f} {rows['s3 warm'][r]:>9.1f} "
                   f"{rows['fetch cold s'][r]:>13.3f} {rows['fetch warm s'][r]:>13.3f}")
-        print(f"median {med['local']:>9.1f} {med['s3 cold']:>9.1f} {med['s3 warm']:>9.1f} {med['fetch cold s']:>13.3f} {med['fetch warm s']:>13.3f}")
+        print(
+            f"median {med['local']:>9.1f} {med['s3 cold']:>9.1f} {med['s3 warm']:>9.1f} "
+            f"{med['fetch cold s']:>13.3f} {med['fetch warm s']:>13.3f}"
+        )
         print(f"ratio s3 warm / local = {result['warm_over_local']:.3f}; cold fetch {result['fetch_MB_per_s']} MB/s; "
               f"requests per shard (cold fetch, incl. manifest): {per_shard}")
         if dali:
-            print(f"DALI's own s3:// reader: {dali['images_per_s']:.1f} images/s; requests per shard "
-                  f"{dali['requests_per_shard']} (its shuffle buffer reads ahead over the set; {dali['seconds']} s wall)")
+            print(
+                f"DALI's own s3:// reader: {dali['images_per_s']:.1f} images/s; requests per shard "
+                f"{dali['requests_per_shard']} (its shuffle buffer reads ahead over the set; {dali['seconds']} s wall)"
+            )
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     finally:

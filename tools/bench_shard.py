@@ -104,8 +104,11 @@ def main() -> None:
         sizes = [p.stat().st_size for p, _ in files]
         for p, _ in files:  # warm the page cache so both sides read from memory
             p.read_bytes()
-        print(f"{len(files)} images, {np.mean(sizes) / 1e3:.1f} KB mean ({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} KB), "
-              f"{os.cpu_count()} cores")
+        print(
+            f"{len(files)} images, {np.mean(sizes) / 1e3:.1f} KB mean "
+            f"({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} KB), "
+            f"{os.cpu_count()} cores"
+        )
         rates: dict[str, list[float]] = {"baseline": [], "dino_pipe": []}
         loads = []
         for r in range(args.rounds):
@@ -118,15 +121,30 @@ def main() -> None:
                 dt = time.perf_counter() - t
                 rates[name].append(n / dt)
                 loads.append(load)
-                print(f"round {r}: {name:9s} {n} images in {dt:6.2f}s = {n / dt:8.1f} img/s   (load avg before: {load:.2f})")
+                print(
+                    f"round {r}: {name:9s} {n} images in {dt:6.2f}s = {n / dt:8.1f} img/s   "
+                    f"(load avg before: {load:.2f})"
+                )
                 shutil.rmtree(out)
         med = {k: statistics.median(v) for k, v in rates.items()}
         ratio = med["dino_pipe"] / med["baseline"]
-        print(f"median baseline {med['baseline']:.1f} img/s | dino-pipe (--check {args.check}) {med['dino_pipe']:.1f} img/s | ratio {ratio:.2f}x "
-              f"| load avg {min(loads):.2f}-{max(loads):.2f}")
+        print(
+            f"median baseline {med['baseline']:.1f} img/s | dino-pipe (--check {args.check}) "
+            f"{med['dino_pipe']:.1f} img/s | ratio {ratio:.2f}x "
+            f"| load avg {min(loads):.2f}-{max(loads):.2f}"
+        )
         if args.json:
-            result = {"images": len(files), "mean_kb": float(np.mean(sizes) / 1e3), "cores": os.cpu_count(),
-                      "workers": args.workers, "check": args.check, "rates": rates, "median": med, "ratio": ratio, "load_avg": loads}
+            result = {
+                "images": len(files),
+                "mean_kb": float(np.mean(sizes) / 1e3),
+                "cores": os.cpu_count(),
+                "workers": args.workers,
+                "check": args.check,
+                "rates": rates,
+                "median": med,
+                "ratio": ratio,
+                "load_avg": loads,
+            }
             args.json.write_text(json.dumps(result, indent=2) + "\n")
             print(f"results written to {args.json}")
     finally:

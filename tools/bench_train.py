@@ -34,7 +34,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # -- the plain-PyTorch reference step ---------------------------------------------------------
 
 

@@ -18,23 +18,23 @@ step "1/7 sample dataset -> $out/data"
 [ -d "$out/data/mnist/train" ] || $py tools/make_sample_data.py "$out/data"
 
 step "2/7 shard $out/data/mnist -> $out/shards/mnist (and the photos as an unlabeled set)"
-"${dp[@]}" shard "$out/data/mnist" --out "$out/shards/mnist" --shard-samples 1000 --output "$out/shards/mnist/shard.json"
-"${dp[@]}" shard "$out/data/photos" --out "$out/shards/photos" --output "$out/shards/photos/shard.json"
+"${dp[@]}" shard "$out/data/mnist" --out "$out/shards/mnist" --shard-samples 1000 --json "$out/shards/mnist/shard.json"
+"${dp[@]}" shard "$out/data/photos" --out "$out/shards/photos" --json "$out/shards/photos/shard.json"
 
 step "3/7 verify every sample decodes with DALI"
-"${dp[@]}" verify "$out/shards/mnist" --output "$out/shards/mnist/verify.json"
+"${dp[@]}" verify "$out/shards/mnist" --json "$out/shards/mnist/verify.json"
 
 step "4/7 train DINO (configs/cpu_small.yaml) -> $out/run"
-"${dp[@]}" train --config configs/cpu_small.yaml --data "$out/shards/mnist/train" --output "$out/run" --gpus "$gpus" \
+"${dp[@]}" train --config configs/cpu_small.yaml --data "$out/shards/mnist/train" --out "$out/run" --gpus "$gpus" \
   train.checkpoint_every_steps=0 train.keep_checkpoints=100
 
 step "5/7 k-NN: untrained network vs each epoch's teacher"
 knn=(--train "$out/shards/mnist/train" --val "$out/shards/mnist/val" --resize 32 --crop 32 --gpus "$gpus")
-"${dp[@]}" eval knn --checkpoint "$out/run" --random-init "${knn[@]}" --output "$out/run/knn-untrained.json"
+"${dp[@]}" eval knn --checkpoint "$out/run" --random-init "${knn[@]}" --json "$out/run/knn-untrained.json"
 knn_files=(--knn "$out/run/knn-untrained.json")
 for ckpt in "$out"/run/checkpoints/step-*.pt; do
   name=$(basename "$ckpt" .pt)
-  "${dp[@]}" eval knn --checkpoint "$ckpt" "${knn[@]}" --output "$out/run/knn-$name.json" > "$out/run/knn-$name.txt"
+  "${dp[@]}" eval knn --checkpoint "$ckpt" "${knn[@]}" --json "$out/run/knn-$name.json" > "$out/run/knn-$name.txt"
   knn_files+=(--knn "$out/run/knn-$name.json")
 done
 cat "$out/run/knn-$name.txt"

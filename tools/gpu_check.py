@@ -278,8 +278,11 @@ class Check:
         rec["seconds"] = round(time.monotonic() - t, 1)
         self.results[name] = rec
         (self.out / f"{name}.json").write_text(json.dumps(rec, indent=2) + "\n")
-        print(f"== {name}: {rec['status']} ({rec['seconds']} s)" + (f" - {rec.get('reason')}" if rec.get("reason") else ""),
-              flush=True)
+        print(
+            f"== {name}: {rec['status']} ({rec['seconds']} s)"
+            + (f" - {rec.get('reason')}" if rec.get("reason") else ""),
+            flush=True,
+        )
 
     # -- stages ---------------------------------------------------------------------------------
     def gpu_tests(self, log, deadline):
@@ -301,8 +304,8 @@ class Check:
              log, deadline)
         shard_json, verify_json = self.out / "data_shard_raw.json", self.out / "data_verify_raw.json"
         must([*DP, "shard", str(tree), "--out", str(self.shards), "--force", "--quiet", "--shard-samples", "256",
-              "--output", str(shard_json)], log, deadline)
-        must([*DP, "verify", str(self.shards), "--quiet", "--output", str(verify_json),
+              "--json", str(shard_json)], log, deadline)
+        must([*DP, "verify", str(self.shards), "--quiet", "--json", str(verify_json),
               "--device", "gpu" if self.device == "cuda" else "cpu"], log, deadline)
         figures = {"train_images": self.p["train_images"], "val_images": self.p["val_images"],
                    "image_size": f"{w}x{h}", "classes": self.p["classes"]}
@@ -315,7 +318,11 @@ class Check:
 
     def bench_loader(self, log, deadline):
         raw = self.out / "bench_loader_raw.json"
-        must([PY, "tools/bench_loader.py", str(self.shards / "train"), *self.p["loader"], "--json", str(raw)], log, deadline)
+        must(
+            [PY, "tools/bench_loader.py", str(self.shards / "train"), *self.p["loader"], "--json", str(raw)],
+            log,
+            deadline,
+        )
         d = read_json(raw)
         keys = ("dali_median_images_per_s", "reference_median_images_per_s", "ratio", "dali_median_views_per_s",
                 "dali_median_cpu_ms_per_image", "cpu_ratio", "batch_size", "threads", "views_per_image")
@@ -339,11 +346,13 @@ class Check:
             shutil.rmtree(d, ignore_errors=True)
 
         def cmd(run: Path) -> list[str]:
-            return [*DP, "train", "--data", str(self.shards / "train"), "--output", str(run), "--quiet", *self.p["train"]]
+            return [*DP, "train", "--data", str(self.shards / "train"), "--out", str(run), "--quiet", *self.p["train"]]
 
         log.write(f"$ {' '.join(cmd(self.run_a))} &   (uninterrupted, side by side)\n")
         log.flush()
-        straight = subprocess.Popen(cmd(self.run_a), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        straight = subprocess.Popen(
+            cmd(self.run_a), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             killed_at = self._run_and_kill(cmd(self.run_b), log, deadline)
             must(cmd(self.run_b), log, deadline)  # the same command resumes from the newest checkpoint
@@ -394,10 +403,12 @@ class Check:
             raise RuntimeError(f"no checkpoint in {self.run_a} (the train_resume stage wrote none)")
         raw = self.out / "knn_raw.json"
         must([*DP, "eval", "knn", "--checkpoint", str(self.run_a), "--train", str(self.shards / "train"),
-              "--val", str(self.shards / "val"), "-o", str(raw), *self.p["knn"]], log, deadline)
+              "--val", str(self.shards / "val"), "--json", str(raw), *self.p["knn"]], log, deadline)
         d = read_json(raw)
         figures = {f"k{r['k']}.{m}": r[m] for r in d.get("results", []) for m in ("top1", "top5") if m in r}
-        figures.update({k: v for k, v in flatten(d).items() if k.startswith("seconds") or k in ("device", "world_size")})
+        figures.update(
+            {k: v for k, v in flatten(d).items() if k.startswith("seconds") or k in ("device", "world_size")}
+        )
         figures["checkpoint_step"] = d.get("checkpoint", {}).get("step")
         return figures
 
@@ -419,8 +430,12 @@ class Check:
         except Exception as e:
             info["dali"] = f"unavailable: {e}"
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         except Exception:
             pass
@@ -509,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     ap.add_argument("--quick", action="store_true", help="CPU rehearsal at the smallest sizes")
     ap.add_argument("--out", default=None, help="results folder (default: $OUT, else benchmarks/gpu-check-<date>)")
-    ap.add_argument("--work", default=None, help="scratch folder for data and runs (default: $TMPDIR/dino-pipe-gpu-check)")
+    ap.add_argument(
+        "--work", default=None, help="scratch folder for data and runs (default: $TMPDIR/dino-pipe-gpu-check)"
+    )
     ap.add_argument("--stages", default=None, help="comma-separated stages to run (default: all, in order)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 350 on a GPU)")
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The data room: shard set -> DALI multi-crop graph -> PyTorch batches of views.
+"""The data package: shard set -> DALI multi-crop graph -> PyTorch batches of views.
 
 ``recipe`` (view specs from :class:`~dino_pipe.config.DataConfig`), ``shardset`` (manifest and
 checks), ``graph`` (the DALI pipelines, one definition for CPU and GPU), ``loader``

@@ -90,11 +90,22 @@ def bench_loader(shardset, cfg: DataConfig | None = None, *, device: str = "cpu"
     if loader == "dali":
         dl.close()
     return {
-        "loader": loader, "device": info.get("device", device), "batch_size": batch_size, "threads": threads,
-        "n_local": cfg.n_local, "global_size": cfg.global_size, "local_size": cfg.local_size,
-        "views_per_image": views, "resize": ("PIL bilinear" if cfg.interp == "linear" else "PIL bicubic")
-        if loader == "reference" else f"DALI {cfg.interp}", "warmup": warmup, "steps": steps, "seconds": round(seconds, 4),
-        "images_per_s": round(images / seconds, 2), "views_per_s": round(images * views / seconds, 2),
+        "loader": loader,
+        "device": info.get("device", device),
+        "batch_size": batch_size,
+        "threads": threads,
+        "n_local": cfg.n_local,
+        "global_size": cfg.global_size,
+        "local_size": cfg.local_size,
+        "views_per_image": views,
+        "resize": ("PIL bilinear" if cfg.interp == "linear" else "PIL bicubic")
+        if loader == "reference"
+        else f"DALI {cfg.interp}",
+        "warmup": warmup,
+        "steps": steps,
+        "seconds": round(seconds, 4),
+        "images_per_s": round(images / seconds, 2),
+        "views_per_s": round(images * views / seconds, 2),
         "cpu_ms_per_image": round(1000 * cpu / images, 2),  # all threads/worker processes; robust to machine load
     }
 

@@ -105,40 +105,72 @@ def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 20
 
     def tv_jitter(img, bf, cf, sf, hf, order):
         for k in order:
-            img = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[k](img, (bf, cf, sf, hf)[k])
+            img = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[k](
+                img, (bf, cf, sf, hf)[k]
+            )
         return np.asarray(img)
 
     out = {}
     # 1. fixed order (saturation, hue, contrast, brightness) vs torchvision's random order; torchvision ops
-    out["jitter_fixed_order"] = _summary([(tv_jitter(im, *d[:4], d[4]), tv_jitter(im, *d[:4], [2, 3, 1, 0]).astype(np.float64))
-                                          for im, d in zip(crops, draws)])
+    out["jitter_fixed_order"] = _summary(
+        [
+            (tv_jitter(im, *d[:4], d[4]), tv_jitter(im, *d[:4], [2, 3, 1, 0]).astype(np.float64))
+            for im, d in zip(crops, draws)
+        ]
+    )
     # 2. contrast centred at 128 vs at the image's mean grey level
-    out["contrast_centre_128"] = _summary([(np.asarray(TF.adjust_contrast(im, d[1])), color_twist(np.asarray(im), contrast=d[1]))
-                                           for im, d in zip(crops, draws)])
+    out["contrast_centre_128"] = _summary(
+        [
+            (np.asarray(TF.adjust_contrast(im, d[1])), color_twist(np.asarray(im), contrast=d[1]))
+            for im, d in zip(crops, draws)
+        ]
+    )
     # 3. hue as a YIQ rotation vs an HSV hue shift
-    out["hue_yiq_rotation"] = _summary([(np.asarray(TF.adjust_hue(im, d[3])), color_twist(np.asarray(im), hue_deg=360 * d[3]))
-                                        for im, d in zip(crops, draws)])
+    out["hue_yiq_rotation"] = _summary(
+        [
+            (np.asarray(TF.adjust_hue(im, d[3])), color_twist(np.asarray(im), hue_deg=360 * d[3]))
+            for im, d in zip(crops, draws)
+        ]
+    )
     # 4. the whole jitter: torchvision ColorJitter (random order, clip per op) vs the DALI graph's
     #    jitter (default: contrast about the mean grey) and vs a single 128-centred color_twist
-    out["jitter_total"] = _summary([(tv_jitter(im, *d[:4], d[4]), dali_jitter(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
-                                    for im, d in zip(crops, draws)])
-    out["jitter_total_centre_128"] = _summary([(tv_jitter(im, *d[:4], d[4]), color_twist(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
-                                               for im, d in zip(crops, draws)])
+    out["jitter_total"] = _summary(
+        [
+            (tv_jitter(im, *d[:4], d[4]), dali_jitter(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+            for im, d in zip(crops, draws)
+        ]
+    )
+    out["jitter_total_centre_128"] = _summary(
+        [
+            (tv_jitter(im, *d[:4], d[4]), color_twist(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+            for im, d in zip(crops, draws)
+        ]
+    )
     # 4b. brightness + contrast only (no hue): what remains is order and clipping
-    out["brightness_contrast_only"] = _summary([(tv_jitter(im, d[0], d[1], 1.0, 0.0, d[4]), dali_jitter(np.asarray(im), d[0], d[1]))
-                                                for im, d in zip(crops, draws)])
+    out["brightness_contrast_only"] = _summary(
+        [
+            (tv_jitter(im, d[0], d[1], 1.0, 0.0, d[4]), dali_jitter(np.asarray(im), d[0], d[1]))
+            for im, d in zip(crops, draws)
+        ]
+    )
     # 5. grayscale folded into the twist (saturation 0) vs PIL convert("L")
-    out["grayscale_via_saturation_0"] = _summary([(np.asarray(im.convert("L").convert("RGB")), color_twist(np.asarray(im), saturation=0.0))
-                                                  for im in crops])
+    out["grayscale_via_saturation_0"] = _summary(
+        [(np.asarray(im.convert("L").convert("RGB")), color_twist(np.asarray(im), saturation=0.0)) for im in crops]
+    )
     # 6. Gaussian blur: true Gaussian (DALI) vs PIL's box-blur approximation, sigma ~ U(blur_sigma)
     sig = [rng.uniform(*cfg.blur_sigma) for _ in crops]
-    out["blur_gaussian_vs_pil"] = _summary([(np.asarray(im.filter(ImageFilter.GaussianBlur(radius=sg))), gaussian_blur(np.asarray(im), sg))
-                                            for im, sg in zip(crops[:80], sig)])
+    out["blur_gaussian_vs_pil"] = _summary(
+        [
+            (np.asarray(im.filter(ImageFilter.GaussianBlur(radius=sg))), gaussian_blur(np.asarray(im), sg))
+            for im, sg in zip(crops[:80], sig)
+        ]
+    )
     # 7. resize filter: PIL bicubic (reference) vs PIL bilinear (the data.interp="linear" option's filter)
     boxes = [(im, T.RandomResizedCrop.get_params(im, list(cfg.local_scale), [3 / 4, 4 / 3])) for im in imgs[:40]]
     pil = lambda im, b, f: np.asarray(im.crop((b[1], b[0], b[1] + b[3], b[0] + b[2])).resize((cfg.local_size,) * 2, f))  # noqa: E731
-    out["interp_linear_vs_bicubic"] = _summary([(pil(im, b, Image.BICUBIC), pil(im, b, Image.BILINEAR).astype(np.float64))
-                                                for im, b in boxes])
+    out["interp_linear_vs_bicubic"] = _summary(
+        [(pil(im, b, Image.BICUBIC), pil(im, b, Image.BILINEAR).astype(np.float64)) for im, b in boxes]
+    )
     return out
 
 

@@ -21,8 +21,8 @@ Training graph, per sample::
         if solarize: lookup_table(x>=128 -> 255-x) conditional
         crop_mirror_normalize(mirror=flip)         flip + (x/255-mean)/std + HWC->CHW + dtype
 
-Deliberate deviations from torchvision/PIL semantics (measured effects: see the README section
-"data room" and :mod:`dino_pipe.data.fidelity`):
+Deliberate deviations from torchvision/PIL semantics (measured effects: the README's table and
+:mod:`dino_pipe.data.fidelity`):
 
 * **Jitter order is fixed.** torchvision's ``ColorJitter`` applies brightness, contrast, saturation
   and hue in a random order, clipping to [0, 255] after each. Here the order is always
@@ -40,25 +40,10 @@ Deliberate deviations from torchvision/PIL semantics (measured effects: see the 
   (float rounding per channel) instead of exactly.
 * **Blur is a true Gaussian** with window ``2 * ceil(3 sigma) + 1`` (DALI's default); PIL's
   ``GaussianBlur(radius=sigma)`` is a three-pass extended box blur approximating the same sigma.
-* **Resize filter** (``data.interp``; crop windows are integer pixels in both loaders). Random
-  resized crops are mostly *downscales* (224 from 237-374 px windows of a ~400x350 photo, 96 from
-  84-237 px windows), where the cost is the shrinking (``min_filter``) filter's support: 4 taps
-  per scale step for cubic, 2 for triangle/Gaussian. Measured by
-  :func:`dino_pipe.data.fidelity.resize_filter_effects` (192 windows, 2+10 mix, vs PIL bicubic, grey
-  levels 0..255) and ``tools/bench_loader.py`` (whole graph, CPU ms per image, 2 threads):
-
-  ==============  ====================  ============  ===============  ==================
-  data.interp     shrink / enlarge      mean |diff|   view std shift   CPU ms/img (graph)
-  ==============  ====================  ============  ===============  ==================
-  ``gaussian``    Gaussian / cubic      0.60          -0.24            ~11.9 (default)
-  ``cubic``       cubic / cubic         0.15          0.00             ~14.2
-  ``linear``      triangle / triangle   0.86          -0.43            ~12.1
-  ==============  ====================  ============  ===============  ==================
-
-  The default ``gaussian`` differs from PIL bicubic by 0.6 grey levels on average (globals 0.78,
-  locals 0.57; view means unchanged, views a quarter grey level softer): less than PIL's own
-  bilinear-vs-bicubic gap (0.83) and an order of magnitude below the colour-jitter deviations,
-  for ~16% less CPU per image. ``cubic`` reproduces PIL bicubic (0.15: rounding).
+* **Resize filter** (``data.interp``, default ``gaussian``): Gaussian shrink / cubic enlarge instead
+  of PIL bicubic both ways; ``cubic`` reproduces PIL bicubic, ``linear`` is a triangle filter.
+  Measured effect and cost: README, "Deliberate deviations from the torchvision/PIL recipe";
+  :func:`dino_pipe.data.fidelity.resize_filter_effects` and ``tools/bench_loader.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +54,7 @@ from typing import Iterator, Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
+from dino_pipe.config import Interp, check_choice
 from dino_pipe.data.recipe import ViewSpec
 from dino_pipe.data.shardset import ShardSet
 from dino_pipe.errors import UserError
@@ -184,8 +170,7 @@ RESIZE_FILTERS = {
 
 def resize_filters(interp: str) -> dict:
     """``fn.resize`` filter arguments for ``data.interp`` (``min_filter``: downscaling, ``mag_filter``: upscaling)."""
-    if interp not in RESIZE_FILTERS:
-        raise UserError(f"config key data.interp: '{interp}' is not one of {', '.join(RESIZE_FILTERS)}")
+    check_choice(interp, Interp, "config key data.interp")
     shrink, enlarge = RESIZE_FILTERS[interp]
     return {"min_filter": shrink, "mag_filter": enlarge}
 
@@ -260,7 +245,11 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
 
     flip = _coin(spec.flip_p, s("flip")) if spec.flip_p > 0 else None
     cmn = dict(mean=[255.0 * m for m in mean], std=[255.0 * v for v in std], output_layout="CHW", dtype=dtype)
-    view = fn.crop_mirror_normalize(view, mirror=flip, **cmn) if flip is not None else fn.crop_mirror_normalize(view, **cmn)
+    view = (
+        fn.crop_mirror_normalize(view, mirror=flip, **cmn)
+        if flip is not None
+        else fn.crop_mirror_normalize(view, **cmn)
+    )
 
     if not debug:
         return view, None

@@ -189,15 +189,17 @@ class ViewLoader(_ShardSetLoader):
     ``for batch in loader`` yields the rest of the current epoch (``len(loader)`` batches per
     epoch per rank, partial batches dropped, same count on every rank); iterating again runs the
     next epoch. ``loader.epoch`` is the epoch the next batch belongs to. Same seed -> identical
-    batches; ranks read disjoint shards of the set and draw different augmentations.
+    batches; ranks read disjoint shards of the set and draw different augmentations. ``specs``
+    replaces the multi-crop recipe (e.g. the linear probe's single view).
     """
 
     def __init__(self, shardset, cfg: DataConfig, *, device: str = "cpu", device_id: int = 0, rank: int = 0,
                  world_size: int = 1, seed: int | None = None, batch_size: int | None = None,
-                 n_local: int | None = None, debug: bool = False, local_world_size: int | None = None):
+                 n_local: int | None = None, debug: bool = False, local_world_size: int | None = None,
+                 specs: list[ViewSpec] | None = None):
         super().__init__(shardset, cfg, device, rank, world_size, batch_size, local_world_size)
         self.seed = cfg.seed if seed is None else int(seed)
-        self.specs: list[ViewSpec] = multicrop_recipe(cfg, n_local)
+        self.specs: list[ViewSpec] = list(specs) if specs is not None else multicrop_recipe(cfg, n_local)
         self.debug = debug
         n = self.shards.num_samples
         self._steps = (n // world_size) // self.batch_size
@@ -229,13 +231,28 @@ class ViewLoader(_ShardSetLoader):
         cfg = self.cfg
         kind = kind or self.kind
         return train_graph(
-            self.shards, self.specs, device=kind, shard_id=self.rank, num_shards=self.world_size,
-            run_seed=self.seed, shuffle_buffer=cfg.shuffle_buffer, hw_decoder_load=cfg.hw_decoder_load,
-            mean=cfg.mean, std=cfg.std, dtype=dtype or self._dtype, contrast_center=cfg.contrast_center,
-            debug=self.debug, batch_size=self.batch_size, num_threads=self.threads,
+            self.shards,
+            self.specs,
+            device=kind,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            run_seed=self.seed,
+            shuffle_buffer=cfg.shuffle_buffer,
+            hw_decoder_load=cfg.hw_decoder_load,
+            mean=cfg.mean,
+            std=cfg.std,
+            dtype=dtype or self._dtype,
+            contrast_center=cfg.contrast_center,
+            debug=self.debug,
+            batch_size=self.batch_size,
+            num_threads=self.threads,
             device_id=None if define_only else self._runner.pipeline_id(kind),
-            seed=op_seed(self.seed, "pipeline", self.rank), prefetch_queue_depth=cfg.prefetch, enable_checkpointing=True, checkpoint=checkpoint,
-            exec_dynamic=True)
+            seed=op_seed(self.seed, "pipeline", self.rank),
+            prefetch_queue_depth=cfg.prefetch,
+            enable_checkpointing=True,
+            checkpoint=checkpoint,
+            exec_dynamic=True,
+        )
 
     def _ensure_pipe(self) -> None:
         if self._runner.pipe is not None:
@@ -281,7 +298,8 @@ class ViewLoader(_ShardSetLoader):
     # -- resume ---------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         spec = ";".join(repr(s) for s in self.specs)
-        return f"{self.shards.num_samples}|{self.batch_size}|{self.world_size}|{self.seed}|{spec}|{self.cfg.shuffle_buffer}|{self.cfg.contrast_center}|{self.cfg.interp}"
+        return (f"{self.shards.num_samples}|{self.batch_size}|{self.world_size}|{self.seed}|{spec}|"
+                f"{self.cfg.shuffle_buffer}|{self.cfg.contrast_center}|{self.cfg.interp}")
 
     def state_dict(self) -> dict:
         """Plain types only (loads with ``torch.load(weights_only=True)``): where the consumer is

@@ -4,11 +4,11 @@ A shard set is a folder with ``shard-NNNNNN.tar`` (WebDataset samples ``<key>.jp
 labelled, ``<key>.cls``), a DALI index ``shard-NNNNNN.idx`` beside each tar, and ``manifest.json``
 (``num_samples``, ``classes``, ``labeled``, ``shards: [{file, index, samples, bytes, sha256}]``).
 
-Everything the data room needs from the shard room goes through :func:`read_manifest` (which
-delegates to ``dino_pipe.shards.manifest.load_manifest``) and :func:`open_shardset`, which checks what can be checked cheaply (files present, sizes as the
-manifest says, at least one sample) so a broken set gives one :class:`UserError` line instead of
-a DALI stack dump. What only decoding reveals (a garbage JPEG) is caught where the pipeline
-runs (:func:`dino_pipe.data.graph.dali_errors`).
+Everything the data package needs from the shards package goes through :func:`read_manifest` (which
+delegates to ``dino_pipe.shards.manifest.load_manifest``) and :func:`open_shardset`, which checks
+what can be checked cheaply (files present, sizes as the manifest says, at least one sample) so a
+broken set gives one :class:`UserError` line instead of a DALI stack dump. What only decoding
+reveals (a garbage JPEG) is caught where the pipeline runs (:func:`dino_pipe.data.graph.dali_errors`).
 
 Content check: before a process first reads a shard, :func:`check_sha256` compares the tar's
 sha256 with the manifest (a tar changed after sharding, even at the same size, is refused), and
@@ -67,9 +67,9 @@ class ShardSet:
 
 
 def read_manifest(root: Path) -> dict:
-    """The manifest of the shard set in ``root`` as a dict (the one place the data room reads it).
+    """The manifest of the shard set in ``root`` as a dict (the one place the data package reads it).
 
-    Delegates to the shard room's :func:`dino_pipe.shards.manifest.load_manifest` (schema check,
+    Delegates to the shards package's :func:`dino_pipe.shards.manifest.load_manifest` (schema check,
     missing folder / manifest / empty set as one-line UserErrors).
     """
     from dino_pipe.shards.manifest import load_manifest
@@ -174,7 +174,9 @@ def open_shardset(path: str | Path, check: bool = True, part: tuple[int, int] = 
         if not tar.is_file():
             raise UserError(f"shard set {root}: {tar.name} is listed in manifest.json but missing")
         if not idx.is_file():
-            raise UserError(f"shard set {root}: index {idx.name} is missing (rebuild it: wds2idx {tar.name} {idx.name})")
+            raise UserError(
+                f"shard set {root}: index {idx.name} is missing (rebuild it: wds2idx {tar.name} {idx.name})"
+            )
         size = tar.stat().st_size
         if "bytes" in e and size != int(e["bytes"]):
             raise UserError(f"shard set {root}: {tar.name} has {size} bytes, manifest says {e['bytes']} "

@@ -1,4 +1,4 @@
-"""Evaluation room: what a trained backbone is worth, and what it looks at.
+"""Evaluation package: what a trained backbone is worth, and what it looks at.
 
 In the order the work flows:
 

@@ -148,7 +148,9 @@ def highlight_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (m * kept + (1 - m) * 0.25 * rgb).clip(0, 1)
 
 
-def save_attention_grid(path: str | Path, image: np.ndarray, maps: Tensor, patch: int, threshold: float | None, title: str = "") -> Path:
+def save_attention_grid(
+    path: str | Path, image: np.ndarray, maps: Tensor, patch: int, threshold: float | None, title: str = ""
+) -> Path:
     """A PNG: row 1 = image, each head's map, the mean map; row 2 (with ``threshold``) = the image
     again, then per head (and the mean) the patches holding its top-``threshold`` mass tinted and
     the rest dimmed (:func:`highlight_mask`)."""
@@ -248,8 +250,14 @@ def render_attention(
         title = (f"{Path(path).name}  {loaded.source['model']}  {which}{' (random init)' if random_init else ''}  "
                  f"step {loaded.source['step']}")
         save_attention_grid(out / name, image, maps, p, threshold, title)
-        entry = {"image": str(path), "png": str(out / name), "height": int(image.shape[0]), "width": int(image.shape[1]),
-                 "grid": [int(maps.shape[1]), int(maps.shape[2])], "heads": int(maps.shape[0])}
+        entry = {
+            "image": str(path),
+            "png": str(out / name),
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "grid": [int(maps.shape[1]), int(maps.shape[2])],
+            "heads": int(maps.shape[0]),
+        }
         if threshold is not None:
             entry["share_of_patches_for_mass"] = [round(float(m.float().mean()), 4) for m in mass_mask(maps, threshold)]
         drawn.append(entry)

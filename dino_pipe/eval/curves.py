@@ -1,7 +1,7 @@
 """Training curves of a run: the loss (and teacher entropy) from ``metrics.jsonl`` and the k-NN
 top-1 of evaluated checkpoints, drawn as one PNG.
 
-k-NN points come from the JSON files ``dino-pipe eval knn --output`` writes (they record the
+k-NN points come from the JSON files ``dino-pipe eval knn --json`` writes (they record the
 checkpoint's step, or ``random_init`` for the untrained baseline, drawn at step 0).
 """
 
@@ -24,7 +24,7 @@ def knn_points(knn_files: list[Path], k: int = 20) -> list[dict[str, Any]]:
             rows = res["results"]
             src = res["checkpoint"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{f}: not a k-NN result file (write one with dino-pipe eval knn --output)") from None
+            raise UserError(f"{f}: not a k-NN result file (write one with dino-pipe eval knn --json)") from None
         row = min(rows, key=lambda r: abs(r["k"] - k))
         step = 0 if src.get("random_init") else int(src.get("step") or 0)
         points.append({"step": step, "top1": row["top1"], "top5": row["top5"], "k": row["k"],

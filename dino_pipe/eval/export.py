@@ -52,8 +52,14 @@ def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "te
     with atomic_open(out, "wb") as f:  # a failed write (disk full) leaves no partial or temporary file
         f.write(save(state, metadata=meta))
     size = int(cfg.data.global_size)
-    pretrained_cfg = {"file": str(out), "mean": [float(v) for v in cfg.data.mean], "std": [float(v) for v in cfg.data.std],
-                      "input_size": [3, size, size], "interpolation": "bicubic", "num_classes": 0}
+    pretrained_cfg = {
+        "file": str(out),
+        "mean": [float(v) for v in cfg.data.mean],
+        "std": [float(v) for v in cfg.data.std],
+        "input_size": [3, size, size],
+        "interpolation": "bicubic",
+        "num_classes": 0,
+    }
     info = {
         "file": str(out),
         "arch": cfg.model.arch,

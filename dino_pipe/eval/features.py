@@ -118,7 +118,9 @@ def check_exactly_once(indices: Tensor, num_samples: int, ctx: WorkerContext) ->
         )
 
 
-def gather_ordered(local: LocalFeatures, num_samples: int, ctx: WorkerContext, *, dst: int | None = None) -> tuple[Tensor, Tensor] | None:
+def gather_ordered(
+    local: LocalFeatures, num_samples: int, ctx: WorkerContext, *, dst: int | None = None
+) -> tuple[Tensor, Tensor] | None:
     """``[N, D]`` features and ``[N]`` labels in sample order, on every rank (``dst=None``) or on ``dst``.
 
     Other ranks get None when ``dst`` is set. Call :func:`check_exactly_once` first.
@@ -167,7 +169,11 @@ def save_features(path: str | Path, features: Tensor, labels: Tensor, metadata: 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FEATURES_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"features": features.contiguous().cpu(), "labels": labels.to(torch.long).contiguous().cpu()}, str(tmp), metadata=meta)
+    save_file(
+        {"features": features.contiguous().cpu(), "labels": labels.to(torch.long).contiguous().cpu()},
+        str(tmp),
+        metadata=meta,
+    )
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

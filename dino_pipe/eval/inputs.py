@@ -7,8 +7,9 @@ one :class:`~dino_pipe.errors.UserError` line.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from dino_pipe.config import Config, config_from_dict
+from dino_pipe.config import Config, check_choice, choices, config_from_dict
 from dino_pipe.errors import UserError
 
 
@@ -17,21 +18,31 @@ def resolve_config(base: dict | None, overrides: list[str] | tuple[str, ...] = (
     return config_from_dict(base or {}, overrides)
 
 
+Which = Literal["teacher", "student"]
+WHICH: tuple[str, ...] = choices(Which)
+
+
+def read_weights(checkpoint: str | Path, which: str = "teacher") -> tuple[Path, dict]:
+    """Check ``--which``, then read a checkpoint (file, or a run directory's newest) through the
+    trainer's reader: (its path, its contents)."""
+    from dino_pipe.train.checkpoint import read_checkpoint
+
+    check_choice(which, Which, "--which")
+    return read_checkpoint(checkpoint)
+
+
+def describe_weights(checkpoint: str, ckpt: dict, which: str, random_init: bool, model: str) -> dict:
+    """The description of the weights that result files carry (``"checkpoint"`` / ``"source"``)."""
+    cfg = ckpt["config"].get("model", {})
+    return {"checkpoint": checkpoint, "which": which, "random_init": bool(random_init),
+            "step": int(ckpt.get("step", 0)), "epoch": int(ckpt.get("epoch", 0)),
+            "arch": cfg.get("arch"), "arch_kwargs": dict(cfg.get("arch_kwargs", {})), "model": model}
+
+
 def checkpoint_facts(checkpoint: str | Path, which: str = "teacher", random_init: bool = False) -> tuple[dict, dict]:
     """(the config dict stored in a checkpoint, a description of the weights for result files)."""
-    from dino_pipe.eval.trained_backbone import WHICH
-    from dino_pipe.train.checkpoint import find_checkpoint, load_checkpoint
-
-    if which not in WHICH:
-        raise UserError(f"--which must be one of {', '.join(WHICH)}, got '{which}'")
-    path = find_checkpoint(checkpoint)
-    ck = load_checkpoint(path)
-    model = ck["config"].get("model", {})
-    source = {"checkpoint": str(Path(path).resolve()), "which": which, "random_init": bool(random_init),
-              "step": int(ck.get("step", 0)), "epoch": int(ck.get("epoch", 0)),
-              "arch": model.get("arch"), "arch_kwargs": model.get("arch_kwargs", {}),
-              "model": built_model(ck["config"])}
-    return ck["config"], source
+    path, ck = read_weights(checkpoint, which)
+    return ck["config"], describe_weights(str(Path(path).resolve()), ck, which, random_init, built_model(ck["config"]))
 
 
 def built_model(config: dict) -> str:
@@ -57,4 +68,9 @@ def labelled_shardset(path: str | Path) -> dict:
     s = open_shardset(path)
     if not s.labeled or not s.classes:
         raise UserError(f"shard set {path}: unlabeled (manifest has no classes); k-NN and linear probes need labels")
-    return {"path": str(Path(path).resolve()), "num_samples": s.num_samples, "num_classes": s.num_classes, "classes": list(s.classes)}
+    return {
+        "path": str(Path(path).resolve()),
+        "num_samples": s.num_samples,
+        "num_classes": s.num_classes,
+        "classes": list(s.classes),
+    }

@@ -64,7 +64,9 @@ def _padded(similarities: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tenso
     return s, y
 
 
-def bank_topk(queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, bank_chunk: int = 65536) -> tuple[Tensor, Tensor]:
+def bank_topk(
+    queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, bank_chunk: int = 65536
+) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest bank entries of each query, scanning the bank in chunks.
 
     ``queries`` ``[Q, D]``, ``bank`` ``[N, D]`` (any float dtype), ``bank_labels`` ``[N]`` ->

@@ -29,8 +29,8 @@ from dino_pipe.eval.features import (
     feature_dtype,
     gather_ordered,
     load_features,
-    read_feature_metadata,
     rank_rows,
+    read_feature_metadata,
     save_features,
 )
 from dino_pipe.eval.inputs import checkpoint_facts, labelled_shardset, resolve_config
@@ -100,13 +100,21 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
         local_val, n_val = _extract_split(job, cfg, model, "val", ctx)
         del model
         if job.save_features:
-            meta = {"checkpoint": job.source, "shardsets": job.shardsets, "eval_resize": cfg.data.eval_resize,
-                    "eval_crop": cfg.data.eval_crop, "normalized": True, "num_classes": job.shardsets["train"]["num_classes"],
-                    "classes": job.shardsets["train"].get("classes", [])}
+            meta = {
+                "checkpoint": job.source,
+                "shardsets": job.shardsets,
+                "eval_resize": cfg.data.eval_resize,
+                "eval_crop": cfg.data.eval_crop,
+                "normalized": True,
+                "num_classes": job.shardsets["train"]["num_classes"],
+                "classes": job.shardsets["train"].get("classes", []),
+            }
             for split, local, n in (("train", local_train, n_train), ("val", local_val, n_val)):
                 ordered = gather_ordered(local, n, ctx, dst=0)
                 if ctx.is_main:
-                    save_features(feature_file(job.save_features, split), ordered[0], ordered[1], {**meta, "split": split})
+                    save_features(
+                        feature_file(job.save_features, split), ordered[0], ordered[1], {**meta, "split": split}
+                    )
                 del ordered
         bank, bank_labels = local_train.features, local_train.labels.to(ctx.device)
         queries, query_labels = gather_ordered(local_val, n_val, ctx)
@@ -127,13 +135,27 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
     return {
         "protocol": "knn",
         "checkpoint": job.source,
-        "data": {**job.shardsets, "eval_resize": cfg.data.eval_resize, "eval_crop": cfg.data.eval_crop,
-                 "mean": list(cfg.data.mean), "std": list(cfg.data.std)},
-        "knn": {"temperature": job.temperature, "ks": list(job.ks), "weights": "exp(similarity / T)",
-                "feature_dtype": cfg.eval.feature_dtype if not job.load_features else str(queries.dtype).replace("torch.", ""),
-                "feature_dim": int(queries.shape[1]), "normalized": True},
-        "results": [{"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)],
-                     **k_note(k, n_train, num_classes)} for k in job.ks],
+        "data": {
+            **job.shardsets,
+            "eval_resize": cfg.data.eval_resize,
+            "eval_crop": cfg.data.eval_crop,
+            "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std),
+        },
+        "knn": {
+            "temperature": job.temperature,
+            "ks": list(job.ks),
+            "weights": "exp(similarity / T)",
+            "feature_dtype": cfg.eval.feature_dtype
+            if not job.load_features
+            else str(queries.dtype).replace("torch.", ""),
+            "feature_dim": int(queries.shape[1]),
+            "normalized": True,
+        },
+        "results": [
+            {"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)], **k_note(k, n_train, num_classes)}
+            for k in job.ks
+        ],
         "features": {"saved": job.save_features, "loaded": job.load_features},
         "world_size": ctx.world_size,
         "device": ctx.device.type,
@@ -151,7 +173,9 @@ def k_note(k: int, n_train: int, num_classes: int) -> dict:
         return {"note": f"k capped to the bank size {n_train}"}
     per_class = n_train / max(num_classes, 1)
     if num_classes > 1 and k > per_class:
-        return {"note": f"k exceeds the bank's average class size ({per_class:.0f}): most neighbours are from other classes"}
+        return {
+            "note": f"k exceeds the bank's average class size ({per_class:.0f}): most neighbours are from other classes"
+        }
     return {}
 
 

@@ -70,7 +70,9 @@ class ProbeFeatures(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if not self.vit:
             return self.backbone(images).float()
-        layers = self.backbone.get_intermediate_layers(images, n=self.n_last_blocks, return_prefix_tokens=True, norm=True)
+        layers = self.backbone.get_intermediate_layers(
+            images, n=self.n_last_blocks, return_prefix_tokens=True, norm=True
+        )
         feats = [prefix[:, 0] for _, prefix in layers]  # CLS token of each of the last n blocks
         if self.avgpool_patchtokens:
             feats.append(layers[-1][0].mean(dim=1))
@@ -112,11 +114,9 @@ def probe_train_loader(shardset: str, cfg: Config, ctx: WorkerContext, batch_siz
     """A :class:`~dino_pipe.data.loader.ViewLoader` whose recipe is the single probe view."""
     from dino_pipe.data.loader import ViewLoader
 
-    loader = ViewLoader(shardset, cfg.data, device=ctx.device.type, device_id=ctx.device.index or 0,
-                        rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, batch_size=batch_size,
-                        n_local=0)
-    loader.specs = [probe_view_spec(cfg)]  # same graph, one view: RandomResizedCrop + flip
-    return loader
+    return ViewLoader(shardset, cfg.data, device=ctx.device.type, device_id=ctx.device.index or 0,
+                      rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, batch_size=batch_size,
+                      specs=[probe_view_spec(cfg)])  # same graph, one view: RandomResizedCrop + flip
 
 
 @dataclass
@@ -191,7 +191,9 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
     head = LinearClassifier(probe.dim, num_classes).to(ctx.device)
     global_batch = e.batch_size * ctx.world_size
     lr = e.linear_lr * global_batch / 256.0
-    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=e.linear_momentum, weight_decay=e.linear_weight_decay)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=lr, momentum=e.linear_momentum, weight_decay=e.linear_weight_decay
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=e.linear_epochs, eta_min=0.0)
     train_loader = probe_train_loader(job.train, cfg, ctx, e.batch_size)
     fingerprint = _fingerprint(job, cfg, ctx.world_size)
@@ -200,7 +202,9 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
     start_epoch = 0
     resumed_from = None
     if state_path.is_file():
-        damaged = f"{state_path}: damaged or not a linear-probe state ({{}}); delete it to restart the probe from epoch 0"
+        damaged = (
+            f"{state_path}: damaged or not a linear-probe state ({{}}); delete it to restart the probe from epoch 0"
+        )
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, garbage, or a pickle that is not plain data
@@ -223,11 +227,15 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
             train_loader.load_state_dict(loader_states[ctx.rank])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(damaged.format(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")) from None
+            raise UserError(
+                damaged.format(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")
+            ) from None
 
     model = DistributedDataParallel(head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.distributed else head
-    val_feats, val_labels, n_val = _val_features(probe, job, cfg, ctx) if start_epoch < e.linear_epochs else (None, None, 0)
+    val_feats, val_labels, n_val = (
+        _val_features(probe, job, cfg, ctx) if start_epoch < e.linear_epochs else (None, None, 0)
+    )
 
     def result(complete: bool) -> dict:
         best = max(history, key=lambda h: (h["top1"], h["top5"])) if history else None
@@ -235,11 +243,21 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
             "protocol": "linear",
             "checkpoint": job.source,
             "data": {**job.shardsets, "eval_resize": cfg.data.eval_resize, "eval_crop": cfg.data.eval_crop},
-            "linear": {"epochs": e.linear_epochs, "lr": lr, "lr_per_256": e.linear_lr, "global_batch_size": global_batch,
-                       "optimizer": "sgd", "momentum": e.linear_momentum, "weight_decay": e.linear_weight_decay,
-                       "schedule": "cosine per epoch to 0", "n_last_blocks": probe.n_last_blocks if probe.vit else None,
-                       "avgpool_patchtokens": probe.avgpool_patchtokens if probe.vit else None,
-                       "feature_dim": probe.dim, "crop_scale": list(e.linear_crop_scale), "flip_p": 0.5},
+            "linear": {
+                "epochs": e.linear_epochs,
+                "lr": lr,
+                "lr_per_256": e.linear_lr,
+                "global_batch_size": global_batch,
+                "optimizer": "sgd",
+                "momentum": e.linear_momentum,
+                "weight_decay": e.linear_weight_decay,
+                "schedule": "cosine per epoch to 0",
+                "n_last_blocks": probe.n_last_blocks if probe.vit else None,
+                "avgpool_patchtokens": probe.avgpool_patchtokens if probe.vit else None,
+                "feature_dim": probe.dim,
+                "crop_scale": list(e.linear_crop_scale),
+                "flip_p": 0.5,
+            },
             "epochs": history,
             "best": best,
             "final": history[-1] if history else None,
@@ -269,7 +287,9 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += torch.stack([loss.detach() * labels.numel(), torch.tensor(float(labels.numel()), device=ctx.device)])
+                loss_sum += torch.stack(
+                    [loss.detach() * labels.numel(), torch.tensor(float(labels.numel()), device=ctx.device)]
+                )
                 bar.advance(task, labels.numel())
         schedule.step()
         head.eval()
@@ -292,7 +312,9 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
             h = history[-1]
             from dino_pipe.progress import console
 
-            console.print(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  top-1 {h['top1']:.2f}  top-5 {h['top5']:.2f}")
+            console.print(
+                f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  top-1 {h['top1']:.2f}  top-5 {h['top5']:.2f}"
+            )
         epochs_run += 1
         if ctx.distributed:
             dist.barrier()

@@ -18,10 +18,9 @@ import torch.nn as nn
 
 from dino_pipe.config import Config, config_from_dict
 from dino_pipe.errors import UserError
+from dino_pipe.eval.inputs import describe_weights, read_weights
 from dino_pipe.models.backbone import create_backbone, describe
-from dino_pipe.train.checkpoint import find_checkpoint, load_checkpoint
 
-WHICH = ("teacher", "student")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -46,15 +45,14 @@ def backbone_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_backbone(checkpoint: str | Path, which: str = "teacher", *, random_init: bool = False, seed: int = 0) -> LoadedBackbone:
+def load_backbone(
+    checkpoint: str | Path, which: str = "teacher", *, random_init: bool = False, seed: int = 0
+) -> LoadedBackbone:
     """Build the run's backbone and load its ``which`` weights (or keep a seeded random init).
 
     Raises :class:`UserError` for a missing/damaged checkpoint or weights that do not fit.
     """
-    if which not in WHICH:
-        raise UserError(f"--which must be one of {', '.join(WHICH)}, got '{which}'")
-    path = find_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
+    path, ckpt = read_weights(checkpoint, which)
     cfg = config_from_dict(ckpt["config"])
     torch.manual_seed(seed)
     model = create_backbone(cfg.model)
@@ -69,14 +67,7 @@ def load_backbone(checkpoint: str | Path, which: str = "teacher", *, random_init
                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); check model.arch/arch_kwargs"
             )
     model.eval().requires_grad_(False)
-    source = {
-        "checkpoint": str(path),
-        "which": which,
-        "random_init": bool(random_init),
-        "step": int(ckpt.get("step", 0)),
-        "epoch": int(ckpt.get("epoch", 0)),
-        "arch": cfg.model.arch,
-        "arch_kwargs": dict(cfg.model.arch_kwargs),
-        "model": describe(model, cfg.model.arch, cfg.model.arch_kwargs),
-    }
+    source = describe_weights(
+        str(path), ckpt, which, random_init, describe(model, cfg.model.arch, cfg.model.arch_kwargs)
+    )
     return LoadedBackbone(model=model, config=cfg, source=source)

@@ -1,11 +1,13 @@
-"""The shards room: image trees -> validated, deterministic WebDataset shard sets, and their check.
+"""The shards package: image trees -> validated, deterministic WebDataset shard sets, and their check.
 
 * :mod:`~dino_pipe.shards.layout` walks a source tree (ImageNet, ImageFolder, unlabeled).
 * :mod:`~dino_pipe.shards.image` validates / normalizes one image (original JPEG bytes or RGB JPEG).
 * :mod:`~dino_pipe.shards.plan` shuffles samples into shards with a seed.
 * :mod:`~dino_pipe.shards.tar` and :mod:`~dino_pipe.shards.index` write the tar and DALI ``.idx``.
-* :mod:`~dino_pipe.shards.writer` runs it all in parallel, resumably (:mod:`~dino_pipe.shards.journal`).
-* :mod:`~dino_pipe.shards.manifest` is the schema the data room reads (``load_manifest``).
+* :mod:`~dino_pipe.shards.options` holds what decides a shard set's bytes (``ShardOptions``).
+* :mod:`~dino_pipe.shards.writer` runs it all in parallel (:mod:`~dino_pipe.shards.pool`), resumably
+  (:mod:`~dino_pipe.shards.journal`, :mod:`~dino_pipe.shards.outdir`).
+* :mod:`~dino_pipe.shards.manifest` is the schema the data package reads (``load_manifest``) and its builder.
 * :mod:`~dino_pipe.shards.verify` re-reads a shard set: checksums, index, every image through DALI.
 """
 

@@ -39,7 +39,9 @@ def dali_reason(e: Exception) -> str:
     return (lines[0] if lines else "decoder error")[:200]
 
 
-def run_decode_tasks(tasks: list[dict], device: str, threads: int, on_advance: Callable[[int], None] = lambda n: None) -> list[str | None]:
+def run_decode_tasks(
+    tasks: list[dict], device: str, threads: int, on_advance: Callable[[int], None] = lambda n: None
+) -> list[str | None]:
     """Run ``tasks`` in child processes; per task ``None`` (decoded) or the reason it failed."""
     results: list[str | None] = [None] * len(tasks)
     start = 0
@@ -76,7 +78,11 @@ def run_decode_tasks(tasks: list[dict], device: str, threads: int, on_advance: C
                     raise UserError(f"cannot run DALI to decode images: {tail[0][:200]}")
                 start = finished
                 continue
-            name = signal.Signals(-code).name if code < 0 and -code in signal.Signals._value2member_map_ else f"exit code {code}"
+            name = (
+                signal.Signals(-code).name
+                if code < 0 and -code in signal.Signals._value2member_map_
+                else f"exit code {code}"
+            )
             results[current] = f"DALI crashed ({name}) while decoding"
             start = current + 1
     return results

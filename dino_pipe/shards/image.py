@@ -86,7 +86,9 @@ def _draft_decode(data: bytes, info: JpegInfo) -> None:
         raise UnreadableImage(f"cannot decode JPEG ({type(e).__name__}: {_short(e)})") from None
 
 
-def prepare_image(data: bytes, quality: int = 95, max_side: int | None = None, check: str = "structure") -> PreparedImage:
+def prepare_image(
+    data: bytes, quality: int = 95, max_side: int | None = None, check: str = "structure"
+) -> PreparedImage:
     """Validate ``data`` (a whole image file) and return the JPEG bytes to store.
 
     ``check``: ``"structure"`` (default; structural JPEG check) or ``"decode"`` (also decode kept

@@ -65,7 +65,9 @@ def parse_index(text: str) -> list[list[IndexEntry]]:
         if len(fields) % 4 or not fields:
             raise IndexFormatError(f"line {i} does not hold groups of 'ext offset size name'")
         try:
-            samples.append([(fields[j], int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]) for j in range(0, len(fields), 4)])
+            samples.append(
+                [(fields[j], int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]) for j in range(0, len(fields), 4)]
+            )
         except ValueError:
             raise IndexFormatError(f"line {i} has a non-integer offset or size") from None
     if len(samples) != int(head[1]):

@@ -196,7 +196,12 @@ def inspect_jpeg(data: bytes) -> JpegInfo:
             if ns > 1 and sum(sampling[c][0] * sampling[c][1] for c in seen) > 10:
                 raise JpegAnomaly("more than 10 blocks per MCU")
             if sof == 0xC2:
-                bad = (ss == 0 and se != 0) or (ss != 0 and (se < ss or se > 63 or ns != 1)) or (ah != 0 and al != ah - 1) or al > 13
+                bad = (
+                    (ss == 0 and se != 0)
+                    or (ss != 0 and (se < ss or se > 63 or ns != 1))
+                    or (ah != 0 and al != ah - 1)
+                    or al > 13
+                )
                 if bad:
                     raise JpegAnomaly("bad progression parameters")
             scans += 1

@@ -136,7 +136,9 @@ def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | Non
         classes = own if classes is None else classes
         unknown = [c for c in own if c not in classes]
         if unknown:
-            raise UserError(f"{root}: class folder '{unknown[0]}' is not a class of the train split ({len(unknown)} unknown)")
+            raise UserError(
+                f"{root}: class folder '{unknown[0]}' is not a class of the train split ({len(unknown)} unknown)"
+            )
         label_of = {c: i for i, c in enumerate(classes)}
         kept = [f for f in found if "/" in f[0]]
         ignored += len(found) - len(kept)  # images directly in root have no class

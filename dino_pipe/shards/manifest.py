@@ -13,7 +13,7 @@ Keys (version 1)::
     fingerprint: str (source tree + output-affecting options + version)
     dino_pipe_version: str
 
-The data room needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
+The data package needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
 writes those (e.g. ``tests/conftest.py::write_minimal_shardset``) is a valid shard set.
 """
 
@@ -22,9 +22,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dino_pipe import __version__
 from dino_pipe.atomic import atomic_write_json
 from dino_pipe.errors import UserError
+
+if TYPE_CHECKING:
+    from dino_pipe.shards.layout import SourceSplit
+    from dino_pipe.shards.options import ShardOptions
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dino-pipe-shards"
@@ -78,11 +84,52 @@ def load_manifest(path: str | os.PathLike) -> dict:
     if not file.is_file():
         subsets = [d.name for d in sorted(folder.iterdir()) if (d / MANIFEST_NAME).is_file()] if folder.is_dir() else []
         if subsets:
-            raise UserError(f"{folder} holds shard sets {', '.join(subsets)}; give one of them (e.g. {folder / subsets[0]})")
+            raise UserError(
+                f"{folder} holds shard sets {', '.join(subsets)}; give one of them (e.g. {folder / subsets[0]})"
+            )
         journal = any(folder.glob(".dino-pipe-shard-journal*"))
-        hint = "an interrupted 'dino-pipe shard' run: rerun it to finish" if journal else "run 'dino-pipe shard SRC' first"
+        hint = (
+            "an interrupted 'dino-pipe shard' run: rerun it to finish" if journal else "run 'dino-pipe shard SRC' first"
+        )
         raise UserError(f"{folder} has no {MANIFEST_NAME} ({hint})")
     data = read_manifest_file(file)
     if not data["shards"] or data["num_samples"] <= 0:
         raise UserError(f"shard set {folder} is empty (0 samples in {MANIFEST_NAME})")
     return data
+
+
+def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptions, records: list[dict]) -> dict:
+    """The manifest of a finished shard set, from its journal records (shards in number order)."""
+    from dino_pipe.shards.options import default_workers
+
+    conversions: dict[str, int] = {}
+    skipped = []
+    for r in records:
+        skipped += r["skipped"]
+        for k, v in r["conversions"].items():
+            conversions[k] = conversions.get(k, 0) + v
+    shards = [
+        {"file": r["file"], "index": r["index"], "samples": r["samples"], "bytes": r["bytes"], "sha256": r["sha256"]}
+        for r in records
+        if r["samples"]
+    ]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "split": split.name,
+        "num_samples": sum(s["samples"] for s in shards),
+        "classes": split.classes,
+        "labeled": split.labels is not None,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "ignored": split.ignored,
+        "skipped_links": split.skipped_links,
+        "converted": sum(conversions.values()),
+        "conversions": dict(sorted(conversions.items())),
+        "options": {**options.output_options(), "workers": options.workers or default_workers()},
+        "source": source,
+        "source_files": len(split),
+        "source_digest": split.digest,
+        "fingerprint": fp,
+        "dino_pipe_version": __version__,
+    }

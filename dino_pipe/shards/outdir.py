@@ -30,7 +30,7 @@ from dino_pipe.shards.layout import SourceSplit
 from dino_pipe.shards.manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from dino_pipe.shards.writer import ShardOptions
+    from dino_pipe.shards.options import ShardOptions
 
 
 def fingerprint(source: str, split: SourceSplit, options: ShardOptions) -> str:
@@ -65,7 +65,9 @@ class OutputState:
     manifest: dict | None = None
 
 
-def inspect_output(folder: Path, fp: str, source: str, split: SourceSplit, options: ShardOptions, force: bool) -> OutputState:
+def inspect_output(
+    folder: Path, fp: str, source: str, split: SourceSplit, options: ShardOptions, force: bool
+) -> OutputState:
     """Decide what to do with an existing output folder, without changing anything.
 
     Same fingerprint: resume the journal, or report the finished set as up to date. A different
@@ -94,14 +96,21 @@ def inspect_output(folder: Path, fp: str, source: str, split: SourceSplit, optio
                            and (folder / s["index"]).is_file() for s in old.get("shards", []))
             return OutputState("up_to_date" if complete else "fresh", [], old)
         why = _describe_difference(old, source, split, options) if old else "its manifest.json is unreadable"
-        raise UserError(f"{folder} already holds a different shard set ({why}); use --force to replace it or choose another --out")
+        raise UserError(
+            f"{folder} already holds a different shard set ({why}); use --force to replace it or choose another --out"
+        )
     if jfp is not None:
         why = _describe_difference(header, source, split, options)
-        raise UserError(f"{folder} holds an unfinished shard set of a different run ({why}); use --force to replace it or choose another --out")
+        raise UserError(
+            f"{folder} holds an unfinished shard set of a different run ({why}); "
+            "use --force to replace it or choose another --out"
+        )
     foreign = sorted(p.name for p in [*folder.glob("*.tar"), *folder.glob("*.idx")])
     if foreign:
-        raise UserError(f"{folder} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx files) not written by this run; "
-                        "use --force to replace them or choose another --out")
+        raise UserError(
+            f"{folder} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx files) not written by this run; "
+            "use --force to replace them or choose another --out"
+        )
     return OutputState("fresh", [])
 
 

@@ -37,7 +37,9 @@ def plan_shards(sizes: list[int], seed: int, max_samples: int, max_bytes: int) -
     current_bytes = 0
     for i in shuffled_order(len(sizes), seed):
         est = sizes[i] + SAMPLE_OVERHEAD
-        full = (max_samples and len(current) >= max_samples) or (max_bytes and current and current_bytes + est > max_bytes)
+        full = (max_samples and len(current) >= max_samples) or (
+            max_bytes and current and current_bytes + est > max_bytes
+        )
         if full:
             shards.append(current)
             current, current_bytes = [], 0

@@ -60,17 +60,28 @@ class RemoteOutput:
             return OutputState("fresh", [])
         if old is not None:
             if old.get("fingerprint") == fp and header is None:
-                complete = all(files.get(s["file"]) == s["bytes"] and s["index"] in files for s in old.get("shards", []))
+                complete = all(
+                    files.get(s["file"]) == s["bytes"] and s["index"] in files for s in old.get("shards", [])
+                )
                 return OutputState("up_to_date" if complete else "fresh", [], old)
             why = _describe_difference(old, source, split, options) if old else "its manifest.json is unreadable"
-            raise UserError(f"{self.url} already holds a different shard set ({why}); use --force to replace it or choose another --out")
+            raise UserError(
+                f"{self.url} already holds a different shard set ({why}); "
+                "use --force to replace it or choose another --out"
+            )
         if header is not None:
             why = _describe_difference(header, source, split, options)
-            raise UserError(f"{self.url} holds an unfinished shard set of a different run ({why}); use --force to replace it or choose another --out")
+            raise UserError(
+                f"{self.url} holds an unfinished shard set of a different run ({why}); "
+                "use --force to replace it or choose another --out"
+            )
         foreign = sorted(n for n in files if n.endswith((".tar", ".idx")))
         if foreign:
-            raise UserError(f"{self.url} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx objects) not written by this run; "
-                            "use --force to replace them or choose another --out")
+            raise UserError(
+                f"{self.url} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx objects) "
+                "not written by this run; "
+                "use --force to replace them or choose another --out"
+            )
         return OutputState("fresh", [])
 
     def start(self, header: dict, force: bool) -> None:

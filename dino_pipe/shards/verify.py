@@ -100,7 +100,9 @@ def _check_structure_of(check: ShardCheck, folder: Path, entry: dict, manifest: 
             for sample in samples:
                 key = split_name(sample[0][3])[0]
                 if key in keys:
-                    check.problems.append((key, "key appears twice (members of a sample must be adjacent and keys unique)"))
+                    check.problems.append(
+                        (key, "key appears twice (members of a sample must be adjacent and keys unique)")
+                    )
                 keys.add(key)
                 exts = {e[0]: e for e in sample}
                 imgs = [e for ext, e in exts.items() if ext.lower() in IMAGE_EXTS]
@@ -132,8 +134,12 @@ def _check_structure_of(check: ShardCheck, folder: Path, entry: dict, manifest: 
         try:
             found = parse_index(idx.read_text(encoding="utf-8"))
             if found != [list(s) for s in samples]:
-                first = next((i for i, (a, b) in enumerate(zip(found, samples)) if a != list(b)), min(len(found), len(samples)))
-                check.problems.append((None, f"index {check.index} does not match the tar (first difference at sample {first})"))
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(found, samples)) if a != list(b)), min(len(found), len(samples))
+                )
+                check.problems.append(
+                    (None, f"index {check.index} does not match the tar (first difference at sample {first})")
+                )
             else:
                 check.decode_index = str(idx)
         except (IndexFormatError, UnicodeDecodeError) as e:
@@ -174,7 +180,9 @@ def _shards_task(folder: Path, checks: list[ShardCheck], exts: str) -> dict:
             "index_paths": [c.decode_index for c in checks], "exts": exts}
 
 
-def _decode_with_dali(folder: Path, readable: list[ShardCheck], exts: str, device: str, threads: int, advance, restart) -> None:
+def _decode_with_dali(
+    folder: Path, readable: list[ShardCheck], exts: str, device: str, threads: int, advance, restart
+) -> None:
     """Decode every image of ``readable`` with DALI; add a problem to each image that fails.
 
     One pipeline over all shards first; if it fails, one per shard; inside failing shards, one
@@ -219,8 +227,14 @@ def verify_set(folder: Path, workers: int, device: str, progress) -> dict:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             checks = list(pool.map(lambda e: _check_structure(folder, e, manifest, Path(tmp)), entries))
         if manifest is not None and sum(c.samples for c in checks) != manifest["num_samples"]:
-            problems.append({"shard": None, "sample": None,
-                             "problem": f"shards hold {sum(c.samples for c in checks)} samples, manifest num_samples is {manifest['num_samples']}"})
+            problems.append(
+                {
+                    "shard": None,
+                    "sample": None,
+                    "problem": f"shards hold {sum(c.samples for c in checks)} samples, "
+                    f"manifest num_samples is {manifest['num_samples']}",
+                }
+            )
         readable = [c for c in checks if c.readable and c.images]
         exts = ";".join(sorted(set().union(*(c.image_exts for c in readable))))
         n_images = sum(c.images for c in readable)
@@ -253,7 +267,7 @@ def verify_shardset(path: str | os.PathLike, workers: int = 0, device: str = "au
     Returns ``{"path", "ok", "sets": [report per set]}``; UserError when there is nothing to verify.
     """
     from dino_pipe.progress import make_progress
-    from dino_pipe.shards.writer import default_workers
+    from dino_pipe.shards.options import default_workers
 
     root = Path(path)
     if not root.exists():

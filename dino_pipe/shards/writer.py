@@ -19,68 +19,26 @@ number of workers and across interrupted + resumed runs.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
-import signal
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from dino_pipe import __version__
 from dino_pipe.atomic import atomic_open
-from dino_pipe.cpus import available_cores
 from dino_pipe.errors import UserError
 from dino_pipe.shards import journal
-from dino_pipe.shards.image import CHECKS, UnreadableImage, prepare_image
+from dino_pipe.shards.image import UnreadableImage, prepare_image
 from dino_pipe.shards.index import format_index, group_samples
-from dino_pipe.shards.layout import LAYOUTS, SourceSplit, find_splits
-from dino_pipe.shards.manifest import FORMAT, VERSION, save_manifest
+from dino_pipe.shards.layout import SourceSplit, find_splits
+from dino_pipe.shards.manifest import build_manifest, save_manifest
+from dino_pipe.shards.options import ShardOptions, default_workers
 from dino_pipe.shards.outdir import OutputState, check_creatable, fingerprint, inspect_output, prepare_output
 from dino_pipe.shards.plan import plan_shards
+from dino_pipe.shards.pool import WorkerPool, report_to_counter
 from dino_pipe.shards.tar import TarShardWriter
 from dino_pipe.storage.url import is_remote, refuse_url
-
-
-def default_workers() -> int:
-    return available_cores()
-
-
-@dataclass(frozen=True)
-class ShardOptions:
-    """Everything that decides a shard set's bytes (all but ``workers``)."""
-
-    layout: str = "auto"  # auto | imagenet | imagefolder | unlabeled
-    seed: int = 0  # shuffle across shards
-    shard_samples: int = 1000  # max samples per shard (0 = no limit)
-    shard_mb: float = 128.0  # target max MB (1e6 bytes) per shard (0 = no limit)
-    quality: int = 95  # JPEG quality of converted images
-    max_side: int | None = None  # downscale images whose longer side is larger
-    check: str = "structure"  # structure | decode (also decode kept JPEGs at 1/8 scale)
-    workers: int = 0  # worker processes (0 = all cores); does not change the output
-
-    def validate(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got '{self.layout}'")
-        if self.shard_samples < 0 or self.shard_mb < 0:
-            raise UserError("--shard-samples and --shard-mb must be >= 0 (0 = no limit)")
-        if not self.shard_samples and not self.shard_mb:
-            raise UserError("--shard-samples and --shard-mb cannot both be 0 (no limit: one giant shard)")
-        if not 1 <= self.quality <= 100:
-            raise UserError(f"--quality must be in 1..100, got {self.quality}")
-        if self.max_side is not None and self.max_side < 16:
-            raise UserError(f"--max-side must be >= 16 pixels, got {self.max_side}")
-        if self.check not in CHECKS:
-            raise UserError(f"--check must be one of {', '.join(CHECKS)}, got '{self.check}'")
-        if self.workers < 0:
-            raise UserError("--workers must be >= 0 (0 = all cores)")
-
-    def output_options(self) -> dict:
-        d = asdict(self)
-        d.pop("workers")
-        return d
 
 
 @dataclass(frozen=True)
@@ -117,7 +75,7 @@ class _EmptyShard(Exception):
 
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
     """Write ``shard-NNNNNN.tar`` and ``.idx`` for ``task`` (atomically); return its journal record."""
-    report = report or _report_to_counter
+    report = report or report_to_counter
     folder = Path(task.folder)
     tar_name, idx_name = shard_names(task.number)
     skipped: list[dict] = []
@@ -157,102 +115,6 @@ def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
             "skipped": skipped, "conversions": conversions}
 
 
-# ---------------------------------------------------------------- worker processes
-
-_counter = None
-
-
-def _report_to_counter(n: int) -> None:
-    if _counter is not None:
-        with _counter.get_lock():
-            _counter.value += n
-
-
-def _init_worker(counter) -> None:
-    """Worker setup: share the progress counter, leave Ctrl-C to the parent, die with the parent."""
-    global _counter
-    _counter = counter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def exit_when_orphaned() -> None:  # the parent was killed (kill -9): do not linger
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=exit_when_orphaned, daemon=True).start()
-
-
-def _mp_context():
-    """``fork`` where available: workers start in milliseconds and never re-import ``__main__``.
-
-    All workers are forked at once, before the progress bar's thread starts (see
-    :class:`WorkerPool`), and they only use PIL, hashlib and file I/O.
-    """
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
-
-
-class WorkerPool:
-    """Worker processes that write shards; in-process when ``workers <= 1``.
-
-    Create it *before* starting other threads: with ``fork`` every worker is started here.
-    At most ``2 x workers`` shard tasks are in flight, so memory stays bounded.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-        self.counter = None
-        if workers > 1:
-            ctx = _mp_context()
-            self.counter = ctx.Value("q", 0)
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(self.counter,))
-            self.pool.submit(os.getpid).result()  # start the workers now
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def run(self, tasks: Iterable[ShardTask], on_record: Callable[[dict], None], on_progress: Callable[[int], None]) -> None:
-        """Write ``tasks``; call ``on_record`` per shard as it finishes and ``on_progress`` with the
-        number of images processed so far."""
-        if self.pool is None:
-            done = 0
-
-            def report(n: int) -> None:
-                nonlocal done
-                done += n
-                on_progress(done)
-
-            for t in tasks:
-                on_record(write_shard(t, report))
-            return
-        todo = iter(tasks)
-        pending: set = set()
-
-        def refill() -> None:
-            while len(pending) < 2 * self.workers:
-                t = next(todo, None)
-                if t is None:
-                    return
-                pending.add(self.pool.submit(write_shard, t))
-
-        refill()
-        while pending:
-            done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            on_progress(self.counter.value)
-            for fut in done:
-                pending.discard(fut)
-                on_record(fut.result())
-            refill()
-        on_progress(self.counter.value)
-
-
 # ---------------------------------------------------------------- one split -> one shard set
 
 
@@ -280,7 +142,9 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
     records: dict[int, dict] = {}
     if state.mode == "resume":
         for r in state.records:
-            if 0 <= r["shard"] < len(plan) and (remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)):
+            if 0 <= r["shard"] < len(plan) and (
+                remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)
+            ):
                 records[r["shard"]] = r
     header = {"fingerprint": fp, "source": source, "source_digest": split.digest, "options": options.output_options(),
               "dino_pipe_version": __version__}
@@ -311,7 +175,7 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
             bar.update(bar_task, completed=base + n)
 
         try:
-            pool.run(tasks(), on_record, on_progress)
+            pool.run(write_shard, tasks(), on_record, on_progress)
         except OSError as e:  # disk full, folder removed under us, ...
             raise UserError(f"cannot write shards to {folder}: {e.strerror or e}; rerun to resume") from None
     manifest = build_manifest(split, source, fp, options, [records[k] for k in sorted(records)])
@@ -324,7 +188,9 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
         save_manifest(folder, manifest)
     journal.remove_journal(folder)
     status = f"resumed ({resumed} shards kept)" if resumed else "written"
-    return _summary(manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status)
+    return _summary(
+        manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status
+    )
 
 
 def make_durable(folder: Path, names: list[str]) -> None:
@@ -348,37 +214,6 @@ def make_durable(folder: Path, names: list[str]) -> None:
 
 def _shown(split: SourceSplit, i: int) -> str:
     return f"{split.name}/{split.files[i]}" if split.name else split.files[i]
-
-
-def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptions, records: list[dict]) -> dict:
-    conversions: dict[str, int] = {}
-    skipped = []
-    for r in records:
-        skipped += r["skipped"]
-        for k, v in r["conversions"].items():
-            conversions[k] = conversions.get(k, 0) + v
-    shards = [{"file": r["file"], "index": r["index"], "samples": r["samples"], "bytes": r["bytes"], "sha256": r["sha256"]}
-              for r in records if r["samples"]]
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "split": split.name,
-        "num_samples": sum(s["samples"] for s in shards),
-        "classes": split.classes,
-        "labeled": split.labels is not None,
-        "shards": shards,
-        "skipped": sorted(skipped, key=lambda s: s["path"]),
-        "ignored": split.ignored,
-        "skipped_links": split.skipped_links,
-        "converted": sum(conversions.values()),
-        "conversions": dict(sorted(conversions.items())),
-        "options": {**options.output_options(), "workers": options.workers or default_workers()},
-        "source": source,
-        "source_files": len(split),
-        "source_digest": split.digest,
-        "fingerprint": fp,
-        "dino_pipe_version": __version__,
-    }
 
 
 def _summary(m: dict, folder: Path, label: str, seconds: float, processed: int, resumed: int, status: str) -> dict:
@@ -427,7 +262,9 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
         folder = out_path / split.name if split.name else out_path
         fp = fingerprint(source, split, options)
         jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
-    sets = [write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs]
+    sets = [
+        write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs
+    ]
     return {"source": source, "out": str(out_path), "layout": _layout_name(options, splits), "sets": sets}
 
 
@@ -460,7 +297,9 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
         lock = open(staging / ".lock", "a")
         fcntl.flock(lock, fcntl.LOCK_EX)  # held while this run lives (a kill -9 releases it)
     except OSError as e:
-        raise UserError(f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE") from None
+        raise UserError(
+            f"cannot create the staging folder under {staging_root}: {e.strerror or e}; set DINO_PIPE_CACHE"
+        ) from None
     try:
         jobs = []
         for split in splits:  # check every destination before writing anything

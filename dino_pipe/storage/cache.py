@@ -53,7 +53,11 @@ class CacheSettings:
         """Config values win; empty/0 fall back to ``DINO_PIPE_CACHE``, ``DINO_PIPE_CACHE_GB``,
         ``DINO_PIPE_FETCH_THREADS``, then ``~/.cache/dino-pipe``, 200 GB, 8 threads."""
         env = os.environ
-        folder = folder or env.get("DINO_PIPE_CACHE") or str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-pipe")
+        folder = (
+            folder
+            or env.get("DINO_PIPE_CACHE")
+            or str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-pipe")
+        )
         try:
             gb = float(gb or env.get("DINO_PIPE_CACHE_GB") or DEFAULT_GB)
             threads = int(threads or env.get("DINO_PIPE_FETCH_THREADS") or DEFAULT_THREADS)
@@ -93,7 +97,9 @@ def _set_bytes(folder: Path) -> int:
 
 def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
     """Delete least recently used cached sets (never ``keep``) until ``need`` more bytes fit."""
-    sets = sorted((m.stat().st_mtime, m.parent) for m in (settings.folder / "s3").rglob(USED_MARKER) if m.parent != keep)
+    sets = sorted(
+        (m.stat().st_mtime, m.parent) for m in (settings.folder / "s3").rglob(USED_MARKER) if m.parent != keep
+    )
     used = _set_bytes(keep) + sum(_set_bytes(f) for _, f in sets)
     evicted = []
     for _, folder in sets:
@@ -131,7 +137,9 @@ def fetch_shard(store: S3Store, url: S3Url, folder: Path, entry: dict) -> int:
     """Fetch one shard (tar, then index; one GET each), checked; returns the bytes fetched."""
     with contextlib.suppress(FileNotFoundError):
         _marker(folder, entry["file"]).unlink()
-    _download_checked(store, url.key(entry["file"]), folder / entry["file"], entry["sha256"], int(entry["bytes"]), str(url))
+    _download_checked(
+        store, url.key(entry["file"]), folder / entry["file"], entry["sha256"], int(entry["bytes"]), str(url)
+    )
     _download_checked(store, url.key(entry["index"]), folder / entry["index"], None, None, str(url))
     atomic_write_text(_marker(folder, entry["file"]), entry["sha256"] + "\n")
     return int(entry["bytes"])
@@ -148,7 +156,9 @@ def read_remote_manifest(store: S3Store, url: S3Url) -> bytes:
         raise UserError(f"{url} holds shard sets {', '.join(subsets)}; give one of them (e.g. {url.child(subsets[0])})")
     if any(d.startswith(".dino-pipe-shard-journal") for d in dirs):
         raise UserError(f"{url} has no {MANIFEST_NAME} (an interrupted 'dino-pipe shard' run: rerun it to finish)")
-    raise UserError(f"{url} has no {MANIFEST_NAME}: check the URL, or write a set there with 'dino-pipe shard SRC --out {url}'")
+    raise UserError(
+        f"{url} has no {MANIFEST_NAME}: check the URL, or write a set there with 'dino-pipe shard SRC --out {url}'"
+    )
 
 
 def fetch_shardset(location: str, settings: CacheSettings | None = None, progress: bool = False) -> Path:
@@ -161,7 +171,9 @@ def fetch_shardset(location: str, settings: CacheSettings | None = None, progres
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the shard cache {folder}: {e.strerror or e}; set data.cache_dir or DINO_PIPE_CACHE") from None
+        raise UserError(
+            f"cannot create the shard cache {folder}: {e.strerror or e}; set data.cache_dir or DINO_PIPE_CACHE"
+        ) from None
     staged = folder / f".{MANIFEST_NAME}.{os.getpid()}.remote"
     atomic_write_bytes(staged, raw)
     try:
@@ -217,7 +229,9 @@ def _fetch_all(store: S3Store, url: S3Url, folder: Path, todo: list[dict], threa
                 bar.update(task, advance=f.result() / 1e6)
 
 
-def resolve_shardset(location: str | os.PathLike, settings: CacheSettings | None = None, progress: bool = False) -> Path:
+def resolve_shardset(
+    location: str | os.PathLike, settings: CacheSettings | None = None, progress: bool = False
+) -> Path:
     """A local folder for ``location``: itself when local, the filled cache folder for ``s3://``."""
     from dino_pipe.storage.url import is_remote
 

@@ -51,7 +51,9 @@ class S3Store:
         try:
             self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
         except Exception as e:  # malformed endpoint URL, unknown region, ...
-            raise UserError(f"cannot set up the S3 client for {url}: {e}; check AWS_ENDPOINT_URL and AWS_DEFAULT_REGION") from None
+            raise UserError(
+                f"cannot set up the S3 client for {url}: {e}; check AWS_ENDPOINT_URL and AWS_DEFAULT_REGION"
+            ) from None
         self.endpoint = self.client.meta.endpoint_url
         self.requests: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
@@ -79,10 +81,20 @@ class S3Store:
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code == "NoSuchBucket" or (what.startswith("bucket ") and (code in ("404", "NotFound") or status == 404)):
-                return UserError(f"bucket '{self.bucket}' does not exist at {where}: check the s3:// URL and AWS_ENDPOINT_URL")
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                        "InvalidClientTokenId", "AuthorizationHeaderMalformed") or (status == 403 and code in ("403", "Forbidden")):
+            if code == "NoSuchBucket" or (
+                what.startswith("bucket ") and (code in ("404", "NotFound") or status == 404)
+            ):
+                return UserError(
+                    f"bucket '{self.bucket}' does not exist at {where}: check the s3:// URL and AWS_ENDPOINT_URL"
+                )
+            if code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "InvalidToken",
+                "ExpiredToken",
+                "InvalidClientTokenId",
+                "AuthorizationHeaderMalformed",
+            ) or (status == 403 and code in ("403", "Forbidden")):
                 return UserError(f"{where} refused the credentials for {what} ({code or status}): "
                                  "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
             if code == "AccessDenied" or status == 403:
@@ -118,7 +130,9 @@ class S3Store:
         dirs: list[str] = []
 
         def run():
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
             for page in pages:
                 for obj in page.get("Contents", []):
                     files[obj["Key"][len(prefix):]] = int(obj["Size"])
@@ -182,12 +196,18 @@ class S3Store:
         self._call(self.name(key), run)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        self._call(self.name(key), lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {}))
+        self._call(
+            self.name(key),
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {}),
+        )
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
-            self._call(str(self.url), lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b, "Quiet": True}))
+            self._call(
+                str(self.url),
+                lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b, "Quiet": True}),
+            )
 
 
 _stores: dict[str, S3Store] = {}

@@ -17,8 +17,8 @@ from dino_pipe.storage.url import parse_s3
 
 def verify_remote(location: str, workers: int = 0, device: str = "auto", progress: bool = True) -> dict:
     from dino_pipe.progress import make_progress
+    from dino_pipe.shards.options import default_workers
     from dino_pipe.shards.verify import cuda_available, verify_set
-    from dino_pipe.shards.writer import default_workers
 
     url = parse_s3(location)
     if device not in ("auto", "cpu", "mixed", "gpu"):

@@ -1,4 +1,4 @@
-"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, distributed setup, diagnostics.
+"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, metrics, the launcher, diagnostics.
 
 ``train(cfg, data, output, gpus=...)`` is the entry point the CLI calls.
 """

@@ -73,7 +73,7 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
     from dino_pipe.train.loop import check_data, local_data, make_loader
 
     if gpus is None:
-        gpus = 1 if torch.cuda.is_available() else 0
+        gpus = min(1, D.default_gpus())
     if gpus > 1:
         raise UserError("bench train measures one process: use --gpus 1 (or 0 for the CPU)")
     device, _ = D.check_local_request(gpus, 1)
@@ -81,9 +81,14 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
     D.init_process_group(env)
     n = (steps + warmup) * cfg.data.batch_size
     result: dict = {
-        "arch": cfg.model.arch, "device": device, "batch_size": cfg.data.batch_size,
+        "arch": cfg.model.arch,
+        "device": device,
+        "batch_size": cfg.data.batch_size,
         "views": f"2x{cfg.data.global_size} + {cfg.data.n_local}x{cfg.data.local_size}",
-        "precision": resolve_precision(cfg.train.precision, device), "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
+        "precision": resolve_precision(cfg.train.precision, device),
+        "compile": cfg.train.compile,
+        "steps": steps,
+        "warmup": warmup,
     }
     synth = SyntheticViewLoader(cfg.data, num_samples=n, device=device, fixed=True)
     result["synthetic"] = _measure(cfg, env, synth, steps, warmup, "synthetic", progress)

@@ -2,7 +2,7 @@
 
 Layout inside a run directory::
 
-    RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --output
+    RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --out
                                          refuses any other non-empty folder)
     RUN_DIR/config.yaml                  the resolved config of the run
     RUN_DIR/metrics.jsonl                one JSON line per logged step
@@ -20,6 +20,11 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
 
 A file is renamed into place only after it is fully written and fsynced, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a torn file.
+
+:class:`CheckpointManager` is the training side (when to save, what each rank contributes, resume);
+:func:`read_checkpoint` the reading side that evaluation uses (through :mod:`dino_pipe.eval.inputs`).
+The trainer contributes ``student``/``teacher``/``optimizer``/``scaler``/``center``
+(``DINOTrainer.state_dict``), the loader its position (``ViewLoader.state_dict``).
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ def find_checkpoint(path: str | Path) -> Path:
     raise UserError(f"{p}: no such checkpoint file or run directory")
 
 
+def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """The reader evaluation uses: a checkpoint file, or a run directory's newest -> (its path, its contents)."""
+    found = find_checkpoint(path)
+    return found, load_checkpoint(found)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError."""
     p = find_checkpoint(path)
@@ -112,7 +123,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p}: not a dino-pipe checkpoint (missing format '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise UserError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        raise UserError(
+            f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})"
+        )
     for key in ("config", "step", "student", "teacher"):
         if key not in ckpt:
             raise UserError(f"{p}: damaged checkpoint (no '{key}' entry)")
@@ -125,7 +138,7 @@ def previous_hint(path: str | Path) -> str:
     older = [c for c in list_checkpoints(p.parent.parent) if c.name < p.name] if p.parent.name == "checkpoints" else []
     if older:
         return f"move it aside (e.g. rename it to {p.name}.bad) to use the previous checkpoint {older[-1]}"
-    return "no earlier checkpoint in this run: restart the run in a new --output"
+    return "no earlier checkpoint in this run: restart the run in a new --out"
 
 
 # -- random number generator states, stored as tensors/ints so weights_only loading works -------
@@ -150,8 +163,141 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), None))
     if device is not None and device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- the checkpoint manager of a training run ----------------------------------------------------
+
+# Config keys that may differ when a run is resumed (they do not change the computation).
+RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+                     "train.log_every_steps", "train.collapse_check_every_steps", "train.compile",
+                     "data.threads", "data.prefetch", "data.hw_decoder_load", "eval.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not (prefix.endswith("arch_kwargs.") or k == "arch_kwargs"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ and that matter for the computation."""
+    a, b = _flat(old), _flat(new)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):
+            diffs.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return diffs
+
+
+def _per_rank(ckpt: dict, key: str, rank: int, world_size: int) -> Any:
+    ranks = ckpt.get(f"{key}_ranks")
+    if ranks and len(ranks) == world_size:
+        return ranks[rank]
+    return ckpt[key]
+
+
+class CheckpointManager:
+    """A run's checkpoints: the latest one and whether it may be resumed, restoring it, when to
+    save, and what each rank contributes to a save (the trainer's model, optimizer, scaler and
+    centre; every rank's loader position and RNG states), written atomically with the newest
+    ``train.keep_checkpoints`` kept. ``last`` is the newest checkpoint of the run (None before one)."""
+
+    def __init__(self, run_dir: Path, cfg, env):
+        self.run_dir, self.cfg, self.env = Path(run_dir), cfg, env
+        self.last: Path | None = None
+
+    def prepare(self) -> None:
+        """Rank 0, before the first write: mark the folder as a run, drop temp files of a killed save."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        mark_run_dir(self.run_dir)
+        for stale in checkpoint_dir(self.run_dir).glob(".step-*.tmp"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
+
+    def find_resume(self) -> Path | None:
+        """The run's newest checkpoint, as rank 0 sees it (broadcast to every rank)."""
+        found = list_checkpoints(self.run_dir) if self.env.is_main else []
+        path = str(found[-1]) if found else None
+        if self.env.world_size > 1:
+            import torch.distributed as dist
+
+            box = [path]
+            dist.broadcast_object_list(box, src=0)
+            path = box[0]
+        self.last = Path(path) if path else None
+        return self.last
+
+    def check_resumable(self, ckpt: dict, extend: bool) -> None:
+        """Refuse to resume a run of another config or process count (``extend``: other epochs allowed)."""
+        cfg, resume = self.cfg, self.last
+        diffs = config_differences(ckpt["config"], cfg.to_dict())
+        epochs_changed = [d for d in diffs if d.startswith("train.epochs:")]
+        if extend:
+            diffs = [d for d in diffs if not d.startswith("train.epochs:")]
+        elif epochs_changed and len(diffs) == 1:
+            raise UserError(f"{self.run_dir} holds a run of {ckpt['config']['train']['epochs']} epochs; to train it to "
+                            f"{cfg.train.epochs} epochs add --extend (the schedules are then recomputed for "
+                            f"{cfg.train.epochs} epochs), or use a new --out")
+        if diffs:
+            raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
+                            "rerun with the same config to resume, or use a new --out")
+        if ckpt.get("world_size", 1) != self.env.world_size:
+            raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
+                            f"number (not {self.env.world_size}) or use a new --out")
+
+    def restore(self, ckpt: dict, trainer, loader) -> int:
+        """Put the trainer, this rank's loader position and RNG states back; return the step to continue from."""
+        cfg, env, resume = self.cfg, self.env, self.last
+        try:
+            trainer.load_state_dict(ckpt)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights that do not fit the stored config
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(
+                f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}"
+            ) from None
+        step = int(ckpt["step"])
+        old_epochs = int(ckpt["config"]["train"]["epochs"])
+        if old_epochs != cfg.train.epochs:
+            if step > trainer.total_steps:
+                raise UserError(f"--extend: {resume} is at step {step}, beyond {cfg.train.epochs} epochs "
+                                f"({trainer.total_steps} steps); give more epochs than the run has done")
+            if env.is_main:
+                from dino_pipe.progress import console
+
+                console.print(f"extending {self.run_dir} from {old_epochs} to {cfg.train.epochs} epochs at step "
+                              f"{step}: the lr, weight-decay, teacher-momentum and teacher-temperature schedules "
+                              f"are recomputed for {cfg.train.epochs} epochs", highlight=False, soft_wrap=True)
+        loader.load_state_dict(_per_rank(ckpt, "data", env.rank, env.world_size))
+        set_rng_state(_per_rank(ckpt, "rng", env.rank, env.world_size), trainer.device)
+        return step
+
+    def due(self, n: int, steps_per_epoch: int, stop_at: int) -> bool:
+        """Save after the 1-based step ``n``: every ``train.checkpoint_every_steps``, each epoch end, the end."""
+        every = self.cfg.train.checkpoint_every_steps
+        return bool((every and n % every == 0) or n % steps_per_epoch == 0 or n == stop_at)
+
+    def save(self, trainer, loader, step: int, steps_per_epoch: int) -> None:
+        """Every rank contributes its RNG states and loader position; rank 0 writes the file."""
+        from dino_pipe.train import distributed as D
+
+        env = self.env
+        rngs = D.all_gather_objects(rng_state(trainer.device), env)
+        datas = D.all_gather_objects(loader.state_dict(), env)
+        if env.is_main:
+            state = {"config": self.cfg.to_dict(), "step": step, "epoch": step // steps_per_epoch,
+                     "world_size": env.world_size, **trainer.state_dict(),
+                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas}
+            self.last = save_checkpoint(self.run_dir, state, keep=self.cfg.train.keep_checkpoints)
+        D.barrier(env)
+        if not env.is_main:
+            self.last = checkpoint_path(self.run_dir, step)

@@ -40,7 +40,9 @@ class CollapseMonitor:
         p = teacher_probs.detach().float()
         ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
         winners = p.argmax(dim=-1)  # a fixed-size histogram: bincount(minlength) would wait for the device
-        hist = torch.zeros(self.out_dim, dtype=torch.int64, device=p.device).index_add_(0, winners, torch.ones_like(winners))
+        hist = torch.zeros(self.out_dim, dtype=torch.int64, device=p.device).index_add_(
+            0, winners, torch.ones_like(winners)
+        )
         mean_p = p.mean(dim=0)
         ent_sum = ent.sum()  # kept as a tensor: observing every step costs no host sync
         self._entropy_sum = ent_sum if self._count == 0 else self._entropy_sum + ent_sum

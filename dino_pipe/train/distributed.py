@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -162,3 +165,88 @@ def all_gather_objects(obj, env: DistEnv) -> list:
 def barrier(env: DistEnv) -> None:
     if env.world_size > 1:
         dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------
+# one launcher for training and evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def default_gpus() -> int:
+    """``--gpus`` when not given: every visible GPU (0 = the CPU when none)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch(fn: Callable[..., Any], args: tuple = (), *, gpus: int | None = None, procs: int = 1,
+           cpu_threads: int = 0) -> Any:
+    """Run ``fn(env, *args)`` as every rank of the job, with the process group set up around it;
+    return rank 0's (picklable) result, ``None`` on the other ranks of a torchrun/SLURM job.
+
+    Under torchrun/SLURM this process joins the job as launched; otherwise ``gpus=N`` spawns N
+    processes (NCCL), ``gpus=0, procs=N`` N CPU processes (gloo), and one process runs in place.
+    ``cpu_threads``: torch threads per CPU process (0: torch's default in place, cores / N when
+    spawned). A :class:`UserError` (or ``OSError``) in any spawned rank reaches the caller as the
+    same one-line UserError with its exit code; the other ranks are stopped.
+    """
+    gpus = default_gpus() if gpus is None else gpus
+    env = launched_env(gpus)
+    if env is None:
+        device, world = check_local_request(gpus, procs)
+        if world > 1:
+            return _spawn(fn, args, device, world, cpu_threads)
+        env = DistEnv(device=device)
+    return _run_rank(env, fn, args, cpu_threads)
+
+
+def _run_rank(env: DistEnv, fn: Callable[..., Any], args: tuple, cpu_threads: int) -> Any:
+    if env.device == "cpu" and cpu_threads > 0:
+        torch.set_num_threads(cpu_threads)
+    init_process_group(env)
+    try:
+        return fn(env, *args)
+    finally:
+        destroy_process_group()
+
+
+def _spawn(fn: Callable[..., Any], args: tuple, device: str, world: int, cpu_threads: int) -> Any:
+    import torch.multiprocessing as mp
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dino-pipe-ranks-") as outbox:
+        try:
+            with quiet_spawn_log():
+                mp.start_processes(_spawned_rank, args=(world, device, port, fn, args, cpu_threads, outbox),
+                                   nprocs=world, join=True, start_method="spawn")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            for name in sorted(os.listdir(outbox)):
+                if name.startswith("error-"):
+                    with open(os.path.join(outbox, name), encoding="utf-8") as f:
+                        code, message = f.read().split("\n", 1)
+                    raise UserError(message, exit_code=int(code)) from None
+            raise
+        result = os.path.join(outbox, "result.pkl")
+        if not os.path.exists(result):
+            return None
+        with open(result, "rb") as f:
+            return pickle.load(f)
+
+
+def _spawned_rank(rank: int, world: int, device: str, port: int, fn: Callable[..., Any], args: tuple,
+                  cpu_threads: int, outbox: str) -> None:
+    from dino_pipe.cpus import available_cores
+    from dino_pipe.errors import os_error_message
+
+    env = DistEnv(rank=rank, world_size=world, local_rank=rank, device=device, master_addr="127.0.0.1",
+                  master_port=port, launcher="local")
+    if device == "cpu" and cpu_threads == 0:
+        torch.set_num_threads(max(1, available_cores() // world))
+    try:
+        value = _run_rank(env, fn, args, cpu_threads)
+    except (UserError, OSError) as e:  # one line from the parent, as in a single process
+        code, message = (e.exit_code, str(e)) if isinstance(e, UserError) else (1, os_error_message(e))
+        with open(os.path.join(outbox, f"error-{rank}.txt"), "w", encoding="utf-8") as f:
+            f.write(f"{code}\n{message}")
+        raise SystemExit(code) from None
+    if rank == 0:
+        with open(os.path.join(outbox, "result.pkl"), "wb") as f:
+            pickle.dump(value, f)

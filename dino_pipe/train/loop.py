@@ -1,14 +1,15 @@
 """``train(cfg, data, output, gpus=...)``: launch the processes, run the loop, checkpoint, log, resume.
 
-The loop on each rank::
+The loop on each rank only wires its components:
 
-    resume from RUN_DIR's newest checkpoint if there is one (weights, optimizer, scaler, center,
-    step, RNG states and the data loader's position: the next batch is exactly the one that
-    would have come next)
-    for each batch until epochs * steps_per_epoch (or train.max_steps) steps:
-        DINOTrainer.step -> log every train.log_every_steps (metrics.jsonl, TensorBoard, progress bar),
-        collapse check every train.collapse_check_every_steps,
-        checkpoint every train.checkpoint_every_steps, at every epoch end and at the end
+* :class:`~dino_pipe.train.checkpoint.CheckpointManager` - the newest checkpoint and whether it may be
+  resumed (weights, optimizer, scaler, center, step, RNG states and the data loader's position: the
+  next batch is exactly the one that would have come next); when to save (every
+  train.checkpoint_every_steps, at every epoch end and at the end) and what each rank contributes;
+* :class:`~dino_pipe.train.metrics.MetricsLogger` - every train.log_every_steps a record
+  (metrics.jsonl, TensorBoard, progress line), every train.collapse_check_every_steps a collapse check;
+* :class:`~dino_pipe.train.trainer.DINOTrainer` - the step itself;
+* :func:`~dino_pipe.train.distributed.launch` - the processes (shared with evaluation).
 
 Only logging, collapse-check and checkpoint steps wait for the device (``DINOTrainer.step(sync=True)``);
 the steps between queue their work without a host sync. A NaN/Inf loss stops the run naming the step,
@@ -19,30 +20,20 @@ sync step, which always comes before the next checkpoint).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
-from dino_pipe.atomic import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from dino_pipe.atomic import atomic_write_json, atomic_write_text
 from dino_pipe.config import Config
-from dino_pipe.cpus import available_cores
-from dino_pipe.errors import UserError, os_error_message
+from dino_pipe.errors import UserError
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import (RUN_MARKER, checkpoint_dir, is_run_dir, list_checkpoints, load_checkpoint, mark_run_dir,
-                                        previous_hint, rng_state, save_checkpoint, set_rng_state)
-from dino_pipe.train.diagnostics import CollapseMonitor
+from dino_pipe.train.checkpoint import RUN_MARKER, CheckpointManager, is_run_dir, load_checkpoint
+from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
-
-# Config keys that may differ when a run is resumed (they do not change the computation).
-RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
-                     "train.log_every_steps", "train.collapse_check_every_steps", "train.compile",
-                     "data.threads", "data.prefetch", "data.hw_decoder_load", "eval.")
-
 
 # ------------------------------------------------------------------------------------------------
 # data
@@ -116,12 +107,12 @@ def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
 
 
 def check_run_dir(output: Path) -> None:
-    """``--output`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
+    """``--out`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
     from dino_pipe.atomic import check_output_folder
 
-    check_output_folder(output, "--output")
+    check_output_folder(output, "--out")
     if output.is_dir() and not is_run_dir(output) and any(output.iterdir()):
-        raise UserError(f"--output {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
+        raise UserError(f"--out {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
                         "checkpoints/); choose a new or empty folder so nothing of yours is replaced")
 
 
@@ -144,69 +135,14 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     data = check_data(local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0))
     output = Path(output)
     check_run_dir(output)
-    if gpus is None:
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    env = D.launched_env(gpus)
-    if env is not None:
-        return run_worker(env, cfg, data, output, progress, extend) or {}
-    device, nprocs = D.check_local_request(gpus, procs)
-    if nprocs == 1:
-        return run_worker(D.DistEnv(device=device), cfg, data, output, progress, extend)
-    return _spawn(device, nprocs, cfg, data, output, progress, extend)
-
-
-def _spawn(device: str, nprocs: int, cfg: Config, data, output: Path, progress: bool, extend: bool = False) -> dict:
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = D.free_port()
-    try:
-        with D.quiet_spawn_log():
-            mp.spawn(_spawn_entry, args=(nprocs, device, port, cfg, str(data), str(output), progress, queue, extend),
-                     nprocs=nprocs, join=True)
-    except (mp.ProcessRaisedException, mp.ProcessExitedException):
-        while not queue.empty():
-            kind, *payload = queue.get()
-            if kind == "error":
-                raise UserError(payload[0], exit_code=payload[1]) from None
-        raise
-    result: dict = {}
-    while not queue.empty():
-        kind, *payload = queue.get()
-        if kind == "ok" and payload[0]:
-            result = payload[0]
-    return result
-
-
-def _spawn_entry(local_rank: int, world: int, device: str, port: int, cfg: Config, data: str, output: str,
-                 progress: bool, queue, extend: bool = False) -> None:
-    if device == "cpu" and cfg.train.cpu_threads == 0:
-        torch.set_num_threads(max(1, available_cores() // world))
-    env = D.DistEnv(rank=local_rank, world_size=world, local_rank=local_rank, device=device,
-                    master_addr="127.0.0.1", master_port=port, launcher="local")
-    try:
-        summary = run_worker(env, cfg, data, Path(output), progress, extend)
-    except UserError as e:
-        queue.put(("error", str(e), e.exit_code))
-        raise SystemExit(e.exit_code) from None
-    except OSError as e:  # disk full, permissions: one line from the parent, as in a single process
-        queue.put(("error", os_error_message(e), 1))
-        raise SystemExit(1) from None
-    if env.is_main:
-        queue.put(("ok", summary))
+    return D.launch(run_worker, (cfg, data, output, progress, extend), gpus=gpus, procs=procs,
+                    cpu_threads=cfg.train.cpu_threads) or {}
 
 
 def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,
                extend: bool = False) -> dict | None:
-    """One rank's whole run (process group set up and torn down here). Rank 0 returns the summary."""
-    if env.device == "cpu" and cfg.train.cpu_threads > 0:
-        torch.set_num_threads(cfg.train.cpu_threads)
-    D.init_process_group(env)
-    try:
-        return _Run(env, cfg, data, output, progress, extend).run()
-    finally:
-        D.destroy_process_group()
+    """One rank's whole run (the process group is set up around it by :func:`D.launch`). Rank 0 returns the summary."""
+    return _Run(env, cfg, data, Path(output), progress, extend).run()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,215 +150,54 @@ def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool =
 # ------------------------------------------------------------------------------------------------
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not (prefix.endswith("arch_kwargs.") or k == "arch_kwargs"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ and that matter for the computation."""
-    a, b = _flat(old), _flat(new)
-    diffs = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):
-            diffs.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return diffs
-
-
 class _Run:
+    """One rank's run: wires the loader, the trainer, the checkpoint manager and the metrics logger."""
+
     def __init__(self, env: D.DistEnv, cfg: Config, data, output: Path, progress: bool, extend: bool = False):
         self.env, self.cfg, self.data, self.run_dir = env, cfg, data, Path(output)
         self.extend = extend
         self.show_progress = progress and env.is_main
 
-    # -- resume ---------------------------------------------------------------------------------
-
-    def _find_resume(self) -> Path | None:
-        found = list_checkpoints(self.run_dir) if self.env.is_main else []
-        path = str(found[-1]) if found else None
-        if self.env.world_size > 1:
-            import torch.distributed as dist
-
-            box = [path]
-            dist.broadcast_object_list(box, src=0)
-            path = box[0]
-        return Path(path) if path else None
-
-    def _prepare_run_dir(self, resume: Path | None, ckpt: dict | None) -> None:
-        if not self.env.is_main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        mark_run_dir(self.run_dir)
-        for stale in checkpoint_dir(self.run_dir).glob(".step-*.tmp"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
-        metrics = self.run_dir / "metrics.jsonl"
-        if ckpt is None:
-            if metrics.exists():
-                metrics.unlink()
-        else:  # drop records of steps after the checkpoint: they will be logged again
-            kept = [r for r in read_jsonl(metrics) if r.get("step", 0) <= ckpt["step"]]
-            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
-        (self.run_dir / "summary.json").unlink(missing_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-
     def run(self) -> dict | None:
-        env, cfg = self.env, self.cfg
-        t_start = time.time()
-        resume = self._find_resume()
+        env, cfg, t_start = self.env, self.cfg, time.time()
+        ckpts = CheckpointManager(self.run_dir, cfg, env)
+        resume = ckpts.find_resume()
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
-            diffs = config_differences(ckpt["config"], cfg.to_dict())
-            epochs_changed = [d for d in diffs if d.startswith("train.epochs:")]
-            if self.extend:
-                diffs = [d for d in diffs if not d.startswith("train.epochs:")]
-            elif epochs_changed and len(diffs) == 1:
-                raise UserError(f"{self.run_dir} holds a run of {ckpt['config']['train']['epochs']} epochs; to train it to "
-                                f"{cfg.train.epochs} epochs add --extend (the schedules are then recomputed for "
-                                f"{cfg.train.epochs} epochs), or use a new --output")
-            if diffs:
-                raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
-                                "rerun with the same config to resume, or use a new --output")
-            if ckpt.get("world_size", 1) != env.world_size:
-                raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
-                                f"number (not {env.world_size}) or use a new --output")
-
+            ckpts.check_resumable(ckpt, self.extend)
         loader = make_loader(self.data, cfg, env)
         steps_per_epoch = len(loader)
         if steps_per_epoch < 1:
             raise UserError(f"--data {self.data}: too few samples for one step of global batch "
                             f"{cfg.data.batch_size * env.world_size} (lower data.batch_size)")
         trainer = DINOTrainer(cfg, env, steps_per_epoch)
-        step = 0
         if ckpt is not None:
-            try:
-                trainer.load_state_dict(ckpt)
-            except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights that do not fit the stored config
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                raise UserError(f"{resume}: its weights do not fit its config ({reason}); {previous_hint(resume)}") from None
-            step = int(ckpt["step"])
-            old_epochs = int(ckpt["config"]["train"]["epochs"])
-            if old_epochs != cfg.train.epochs:
-                if step > trainer.total_steps:
-                    raise UserError(f"--extend: {resume} is at step {step}, beyond {cfg.train.epochs} epochs "
-                                    f"({trainer.total_steps} steps); give more epochs than the run has done")
-                if env.is_main:
-                    from dino_pipe.progress import console
-
-                    console.print(f"extending {self.run_dir} from {old_epochs} to {cfg.train.epochs} epochs at step "
-                                  f"{step}: the lr, weight-decay, teacher-momentum and teacher-temperature schedules "
-                                  f"are recomputed for {cfg.train.epochs} epochs", highlight=False, soft_wrap=True)
-            loader.load_state_dict(_per_rank(ckpt, "data", env))
-            set_rng_state(_per_rank(ckpt, "rng", env), trainer.device)
+            step = ckpts.restore(ckpt, trainer, loader)
         else:
+            step = 0
             torch.manual_seed(cfg.train.seed + 7919 * (env.rank + 1))  # per-rank randomness (drop path)
-        self._prepare_run_dir(resume, ckpt)  # only now: a refused start leaves the folder as it was
+        self._prepare_run_dir(ckpts, ckpt)  # only now: a refused start leaves the folder as it was
         D.barrier(env)
         stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
-        self.last_checkpoint = resume
-        monitor = CollapseMonitor(cfg.model.out_dim)
-        tb = self._tensorboard()
         start_step = step
-        last_loss = float("nan")
-        images_per_step = cfg.data.batch_size * env.world_size
-        window_t, window_wait, window_steps = time.perf_counter(), 0.0, 0
-        total_wait, t_loop = 0.0, time.perf_counter()
-        rates: dict[str, float] = {"images_per_s": 0.0, "data_wait_pct": 0.0}
-        collapse_stats: dict = {}
-        last_warning: str | None = None
-
-        progress = self._progress(stop_at, start_step)
-        with progress:
-            task = progress.tasks[0].id if progress.tasks else None
+        with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress) as metrics:
             while step < stop_at:
                 it = iter(loader)
-                while step < stop_at:
-                    t0 = time.perf_counter()
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        break
-                    wait = time.perf_counter() - t0
-                    window_wait += wait
-                    total_wait += wait
-                    n = step + 1  # the step about to run, 1-based as logged
-                    every = cfg.train.checkpoint_every_steps
-                    log_now = n % cfg.train.log_every_steps == 0 or n == stop_at
-                    check_now = n % cfg.train.collapse_check_every_steps == 0 or n == stop_at
-                    save_now = (every and n % every == 0) or n % steps_per_epoch == 0 or n == stop_at
-                    try:  # only logging, collapse-check and checkpoint steps wait for the device
-                        res = trainer.step(batch.views, step, sync=bool(log_now or check_now or save_now))
-                    except NonFiniteLoss as e:
-                        last = self.last_checkpoint
-                        raise UserError(f"{e}; stopped without writing anything — last good checkpoint: "
-                                        f"{last if last else 'none (no checkpoint was written yet)'}",
-                                        exit_code=3) from None
+                while step < stop_at and (batch := metrics.next_batch(it)) is not None:
+                    log_now, check_now = metrics.due(step + 1)
+                    save_now = ckpts.due(step + 1, steps_per_epoch, stop_at)
+                    res = self._step(trainer, batch, step, log_now or check_now or save_now, ckpts.last)
                     step += 1
-                    window_steps += 1
-                    monitor.observe(res.teacher_probs)
-                    if check_now:
-                        collapse_stats = monitor.summary()
-                        warning = monitor.warning(collapse_stats) if env.is_main else None
-                        kind = warning.split(" (")[0] if warning else None
-                        if warning and kind != last_warning:  # once per episode, not every check
-                            from dino_pipe.progress import console
-
-                            console.print(f"[yellow]warning[/] step {step}: {warning}", highlight=False)
-                        last_warning = kind
-                        if collapse_stats:
-                            collapse_stats["collapse_warning"] = warning
-                    if log_now:
-                        last_loss = float(res.loss)
-                        now = time.perf_counter()
-                        dt = max(now - window_t, 1e-9)
-                        rates = {"images_per_s": window_steps * images_per_step / dt,
-                                 "data_wait_pct": 100.0 * window_wait / dt}
-                        window_t, window_wait, window_steps = now, 0.0, 0
-                        record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss,
-                                  **res.values, "grad_norm": float(res.grad_norm), **rates, **collapse_stats,
-                                  "time": time.time()}
-                        if env.is_main:
-                            append_jsonl(self.run_dir / "metrics.jsonl", record)
-                            if tb is not None:
-                                for k, v in record.items():
-                                    if k not in ("step", "time") and isinstance(v, (int, float)):
-                                        tb.add_scalar(f"train/{k}", v, step)
-                        collapse_stats = {}
-                    if task is not None and log_now:
-                        v = res.values
-                        progress.update(task, completed=step, info=(
-                            f"ep {step / steps_per_epoch:.2f}/{stop_at / steps_per_epoch:g} loss {last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
-                            f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} {rates['images_per_s']:.0f} img/s "
-                            f"wait {rates['data_wait_pct']:.0f}%"))
-                    elif task is not None:
-                        progress.update(task, completed=step)
+                    metrics.after_step(step, res, log_now, check_now)
                     if save_now:
-                        self._checkpoint(trainer, loader, step, steps_per_epoch)
-        if tb is not None:
-            tb.close()
+                        ckpts.save(trainer, loader, step, steps_per_epoch)
         if hasattr(loader, "close"):
             loader.close()
-        elapsed = time.perf_counter() - t_loop
-        done = step - start_step
-        summary = {
-            "run_dir": str(self.run_dir),
-            "steps": step,
-            "steps_this_run": done,
-            "epochs": step / steps_per_epoch,
-            "final_loss": last_loss,
-            "images_per_s": done * images_per_step / elapsed if elapsed > 0 and done else 0.0,
-            "data_wait_pct": 100.0 * total_wait / elapsed if elapsed > 0 else 0.0,
-            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-            "resumed_from": str(resume) if resume else None,
-            "world_size": env.world_size,
-            "device": env.device,
-            "precision": trainer.precision,
-            "wall_s": time.time() - t_start,
-        }
+        summary = {"run_dir": str(self.run_dir), "steps": step, "steps_this_run": step - start_step,
+                   "epochs": step / steps_per_epoch, **metrics.summary(step),
+                   "last_checkpoint": str(ckpts.last) if ckpts.last else None,
+                   "resumed_from": str(resume) if resume else None, "world_size": env.world_size,
+                   "device": env.device, "precision": trainer.precision, "wall_s": time.time() - t_start}
         if env.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             return summary
@@ -430,42 +205,20 @@ class _Run:
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _checkpoint(self, trainer: DINOTrainer, loader, step: int, steps_per_epoch: int) -> None:
-        env = self.env
-        rngs = D.all_gather_objects(rng_state(trainer.device), env)
-        datas = D.all_gather_objects(loader.state_dict(), env)
-        if env.is_main:
-            state = {"config": self.cfg.to_dict(), "step": step, "epoch": step // steps_per_epoch,
-                     "world_size": env.world_size, **trainer.state_dict(),
-                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas}
-            self.last_checkpoint = save_checkpoint(self.run_dir, state, keep=self.cfg.train.keep_checkpoints)
-        D.barrier(env)
-        if not env.is_main:
-            from dino_pipe.train.checkpoint import checkpoint_path
-
-            self.last_checkpoint = checkpoint_path(self.run_dir, step)
-
-    def _progress(self, total: int, completed: int):
-        from rich.progress import TextColumn
-
-        from dino_pipe.progress import make_progress
-
-        p = make_progress("step", TextColumn("{task.fields[info]}"), disable=not self.show_progress)
-        p.add_task("train", total=total, completed=completed, info="")
-        return p
-
-    def _tensorboard(self):
-        if not self.env.is_main:
-            return None
+    @staticmethod
+    def _step(trainer: DINOTrainer, batch, step: int, sync: bool, last_checkpoint: Path | None):
+        """One training step; only logging, collapse-check and checkpoint steps wait for the device."""
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed: metrics.jsonl only
-            return None
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            return trainer.step(batch.views, step, sync=sync)
+        except NonFiniteLoss as e:
+            raise UserError(f"{e}; stopped without writing anything — last good checkpoint: "
+                            f"{last_checkpoint if last_checkpoint else 'none (no checkpoint was written yet)'}",
+                            exit_code=3) from None
 
-
-def _per_rank(ckpt: dict, key: str, env: D.DistEnv) -> Any:
-    ranks = ckpt.get(f"{key}_ranks")
-    if ranks and len(ranks) == env.world_size:
-        return ranks[env.rank]
-    return ckpt[key]
+    def _prepare_run_dir(self, ckpts: CheckpointManager, ckpt: dict | None) -> None:
+        if not self.env.is_main:
+            return
+        ckpts.prepare()
+        trim_metrics(self.run_dir, ckpt["step"] if ckpt is not None else None)
+        (self.run_dir / "summary.json").unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))

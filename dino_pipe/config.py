@@ -5,7 +5,8 @@ returns a validated :class:`Config`. Unknown keys and values of the wrong type r
 :class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
 
 A preset may name another with ``base: other.yaml`` (relative to itself); its keys override
-the base's.
+the base's (dict-valued keys such as ``model.arch_kwargs`` merge). A dotted override of a dict-valued
+key replaces the dict: ``model.arch_kwargs={}`` clears it, ``model.arch_kwargs={depth: 4}`` sets exactly that.
 """
 
 from __future__ import annotations
@@ -285,6 +286,20 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+def _apply_override(data: dict, override: dict, section: Any = None) -> None:
+    """Merge one parsed override into ``data``: config sections merge key by key, but a value for a
+    dict-valued key (``model.arch_kwargs={}`` or ``model.arch_kwargs={depth: 4}``) replaces that dict."""
+    section = Config() if section is None else section
+    for k, v in override.items():
+        cur = getattr(section, k, None) if dataclasses.is_dataclass(section) else None
+        if isinstance(v, dict) and dataclasses.is_dataclass(cur):
+            if not isinstance(data.get(k), dict):
+                data[k] = {}
+            _apply_override(data[k], v, cur)
+        else:
+            data[k] = v
+
+
 def _fix_yaml_floats(d: Any) -> Any:
     """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats."""
     if isinstance(d, dict):
@@ -303,7 +318,7 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     """A validated Config from a plain dict (e.g. a checkpoint's ``config``) plus dotted overrides."""
     data = copy.deepcopy(data)
     for o in overrides:
-        _deep_update(data, parse_override(o))
+        _apply_override(data, parse_override(o))
     cfg = Config()
     _merge_into(cfg, _fix_yaml_floats(data))
     validate(cfg)

@@ -88,3 +88,15 @@ def test_the_documented_presets_exist():
 def test_every_preset_loads(preset):
     cfg = load_config(CONFIGS / preset)
     assert cfg.model.arch and cfg.train.epochs >= 1
+
+
+def test_dict_override_replaces_the_presets_dict(tmp_path):
+    """A dotted override of a dict-valued key replaces it (a preset's ViT kwargs do not leak into a ResNet)."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model:\n  arch: vit_tiny_patch16_224\n  arch_kwargs: {img_size: 32, patch_size: 8}\n  out_dim: 64\n")
+    c = load_config(preset, ["model.arch=resnet18", "model.arch_kwargs={}"])
+    assert c.model.arch_kwargs == {} and c.model.arch == "resnet18" and c.model.out_dim == 64
+    c = load_config(preset, ["model.arch_kwargs={depth: 2}"])
+    assert c.model.arch_kwargs == {"depth": 2}
+    c = load_config(preset, ["model={out_dim: 32}"])  # a section still merges key by key
+    assert c.model.out_dim == 32 and c.model.arch_kwargs == {"img_size": 32, "patch_size": 8}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dino_pipe.sample_data import write_fashion_mnist, write_mnist, write_photos
+from dino_pipe.sample_data import write_colour_shapes, write_digits, write_fashion_mnist, write_mnist, write_photos
 
 
 def main() -> None:
@@ -32,7 +32,18 @@ def main() -> None:
     ap.add_argument("--fashion-mnist", action="store_true",
                     help="also write OUT/fashion_mnist (500 train + 100 val per class) from Debian's "
                          "dataset-fashion-mnist package: a labelled set nobody tuned the presets on")
+    ap.add_argument("--digits", action="store_true",
+                    help="also write OUT/digits: scikit-learn's 1,797 8x8 digits upscaled to 32 px (1,438 train + 359 val)")
+    ap.add_argument("--shapes", action="store_true",
+                    help="also write OUT/shapes: 5,000 generated 32-px RGB images of 10 shapes in random colours on "
+                         "random coloured backgrounds (colour is a nuisance; 4,000 train + 1,000 val)")
     args = ap.parse_args()
+    if args.digits:
+        n = write_digits(args.out / "digits")
+        print(f"{args.out / 'digits'}: {n['train']} train + {n['val']} val grayscale 32x32 PNGs in 10 classes")
+    if args.shapes:
+        n = write_colour_shapes(args.out / "shapes")
+        print(f"{args.out / 'shapes'}: {n['train']} train + {n['val']} val RGB 32x32 PNGs in 10 classes")
     if args.fashion_mnist:
         n = write_fashion_mnist(args.out / "fashion_mnist")
         print(f"{args.out / 'fashion_mnist'}: {n['train']} train + {n['val']} val grayscale 28x28 PNGs in 10 classes")

@@ -74,6 +74,7 @@ class ModelConfig:
     head_layers: int = 3
     use_bn_in_head: bool = False
     norm_last_layer: bool = True
+    pos_interp: str = "reference"  # ViT position table for other crop sizes: reference (DINO's bicubic, (n+0.1)/N) | timm (antialiased)
 
 
 @dataclass
@@ -364,6 +365,7 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
     need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
+    need(m.pos_interp in ("reference", "timm"), "model.pos_interp", "must be reference or timm")
     need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
     lo = cfg.loss
     need(lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0, "loss.*_temp", "temperatures must be > 0")

@@ -137,6 +137,12 @@ class EvalConfig:
     linear_momentum: float = 0.9
     linear_weight_decay: float = 0.0
     linear_crop_scale: tuple[float, float] = (0.08, 1.0)  # train augmentation: random resized crop + flip
+    # online k-NN during `train` (off unless both are set): labelled train/val shard sets, measured with the
+    # teacher at step 0, every epoch end (or every online_knn_every_steps steps) and the last step
+    online_knn_train: str = ""
+    online_knn_val: str = ""
+    online_knn_every_steps: int = 0  # 0 = at every epoch end
+    online_knn_k: int = 20
 
 
 @dataclass
@@ -397,3 +403,7 @@ def validate(cfg: Config) -> None:
     need(e.batch_size >= 1 and e.linear_epochs >= 1, "eval.batch_size", "batch size and linear_epochs must be >= 1")
     need(e.linear_lr > 0 and e.linear_n_last_blocks >= 1, "eval.linear_lr", "linear_lr must be > 0 and linear_n_last_blocks >= 1")
     need(0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1, "eval.linear_crop_scale", "needs 0 < low <= high <= 1")
+    need(bool(e.online_knn_train) == bool(e.online_knn_val), "eval.online_knn_train",
+         "online k-NN needs both eval.online_knn_train and eval.online_knn_val (labelled shard sets)")
+    need(e.online_knn_every_steps >= 0, "eval.online_knn_every_steps", "must be >= 0 (0 = every epoch end)")
+    need(e.online_knn_k >= 1, "eval.online_knn_k", "must be >= 1")

@@ -161,3 +161,44 @@ def test_cli_user_errors_are_one_line(tmp_path, tiny_shardset):
         assert res.exit_code != 0, (args, text)
         assert needle in text, (args, text)
         assert "Traceback" not in text and text.strip().count("\n") <= 2, text
+
+
+def test_online_knn_logs_step0_and_epochs_and_warns_when_below_step0(tmp_path, tiny_shardset, monkeypatch):
+    """k-NN of the teacher at step 0 and each epoch end goes to metrics.jsonl; a value below step 0 warns once per
+    measurement, naming both numbers."""
+    from dino_pipe.eval.online_knn import OnlineKnn
+
+    real = OnlineKnn.measure
+    calls = []
+
+    def measure(self, backbone):
+        m = real(self, backbone)
+        assert 0.0 <= m["knn_top1"] <= 100.0 and m["knn_k"] == 5
+        calls.append(m["knn_top1"])
+        return {**m, "knn_top1": 50.0 - 10 * (len(calls) - 1)}  # 50 at step 0, then lower: must warn
+
+    monkeypatch.setattr(OnlineKnn, "measure", measure)
+    knn = [f"eval.online_knn_train={tiny_shardset}", f"eval.online_knn_val={tiny_shardset}", "eval.online_knn_k=5",
+           "data.eval_resize=32", "data.eval_crop=32"]
+    cfg = tiny_cfg("train.epochs=2", "data.batch_size=16", *knn)
+    s = train(cfg, tiny_shardset, tmp_path, gpus=0, progress=False)
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "knn_top1" in r]
+    assert [r["step"] for r in records] == [0, s["steps"] // 2, s["steps"]] and len(calls) == 3
+    assert records[0]["knn_warning"] is None
+    assert "below the untrained network's 50.0%" in records[1]["knn_warning"]
+    assert "40.0%" in records[1]["knn_warning"] and "30.0%" in records[2]["knn_warning"]
+
+
+def test_partial_collapse_warning_fires_for_a_collapsing_config_only(tmp_path):
+    """A teacher far too sharp (temperature 0.002) with centering almost off (momentum 0.999) and a high lr puts the
+    64 images of each check window on 8-16 of 64 prototypes: the partial-collapse warning fires and names the
+    numbers; the default temperatures keep the teacher spread and it stays silent."""
+    base = ["train.max_steps=24", "data.batch_size=8", "train.collapse_check_every_steps=4", "train.epochs=3"]
+    train(tiny_cfg(*base, "loss.teacher_temp=0.002", "loss.warmup_teacher_temp=0.002", "loss.center_momentum=0.999",
+                   "optim.base_lr=0.02"), "synthetic:64", tmp_path / "sharp", gpus=0, progress=False)
+    sharp = [r.get("partial_collapse_warning") for r in read_jsonl(tmp_path / "sharp" / "metrics.jsonl")]
+    fired = [w for w in sharp if w]
+    assert fired and "prototypes" in fired[0] and "teacher_temp" in fired[0]
+    train(tiny_cfg(*base), "synthetic:64", tmp_path / "ok", gpus=0, progress=False)
+    ok = [r for r in read_jsonl(tmp_path / "ok" / "metrics.jsonl") if "teacher_entropy" in r]
+    assert ok and not any(r.get("partial_collapse_warning") for r in ok)

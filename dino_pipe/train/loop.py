@@ -7,7 +7,8 @@ The loop on each rank::
     would have come next)
     for each batch until epochs * steps_per_epoch (or train.max_steps) steps:
         DINOTrainer.step -> log every train.log_every_steps (metrics.jsonl, TensorBoard, progress bar),
-        collapse check every train.collapse_check_every_steps,
+        collapse check every train.collapse_check_every_steps (uniform, one-hot and partial collapse),
+        online k-NN of the teacher at step 0 and every epoch end when eval.online_knn_train/val are set,
         checkpoint every train.checkpoint_every_steps, at every epoch end and at the end
 
 A NaN/Inf loss stops the run before any weight is touched, naming the step, what went non-finite
@@ -30,7 +31,7 @@ from dino_pipe.cpus import available_cores
 from dino_pipe.errors import UserError
 from dino_pipe.train import distributed as D
 from dino_pipe.train.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dino_pipe.train.diagnostics import CollapseMonitor
+from dino_pipe.train.diagnostics import CollapseMonitor, PartialCollapseWatch
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
 
 # Config keys that may differ when a run is resumed (they do not change the computation).
@@ -250,6 +251,9 @@ class _Run:
         stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
         self.last_checkpoint = resume
         monitor = CollapseMonitor(cfg.model.out_dim)
+        partial = PartialCollapseWatch(cfg.model.out_dim)
+        last_check_step = step
+        online, knn_info = self._online_knn(trainer, step, steps_per_epoch)
         tb = self._tensorboard()
         start_step = step
         last_loss = float("nan")
@@ -286,6 +290,8 @@ class _Run:
                     last_loss = res.loss
                     monitor.observe(res.teacher_probs)
                     if step % cfg.train.collapse_check_every_steps == 0 or step == stop_at:
+                        window_images = 2 * cfg.data.batch_size * (step - last_check_step)  # this rank's teacher outputs
+                        last_check_step = step
                         collapse_stats = monitor.summary()
                         warning = monitor.warning(collapse_stats) if env.is_main else None
                         kind = warning.split(" (")[0] if warning else None
@@ -296,6 +302,12 @@ class _Run:
                         last_warning = kind
                         if collapse_stats:
                             collapse_stats["collapse_warning"] = warning
+                            partial_warning = partial.update(collapse_stats, step, window_images)
+                            if partial_warning and env.is_main:
+                                from dino_pipe.progress import console
+
+                                console.print(f"[yellow]warning[/] step {step}: {partial_warning}", highlight=False)
+                            collapse_stats["partial_collapse_warning"] = partial_warning
                     if step % cfg.train.log_every_steps == 0 or step == stop_at:
                         now = time.perf_counter()
                         dt = max(now - window_t, 1e-9)
@@ -317,7 +329,9 @@ class _Run:
                         progress.update(task, completed=step, info=(
                             f"ep {step // steps_per_epoch} loss {res.loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
                             f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} {rates['images_per_s']:.0f} img/s "
-                            f"wait {rates['data_wait_pct']:.0f}%"))
+                            f"wait {rates['data_wait_pct']:.0f}%{knn_info}"))
+                    if online is not None and online.due(step, steps_per_epoch, stop_at):
+                        knn_info = self._measure_knn(online, trainer, step, steps_per_epoch)
                     every = cfg.train.checkpoint_every_steps
                     if (every and step % every == 0) or step % steps_per_epoch == 0 or step == stop_at:
                         self._checkpoint(trainer, loader, step, steps_per_epoch)
@@ -325,6 +339,8 @@ class _Run:
             tb.close()
         if hasattr(loader, "close"):
             loader.close()
+        if online is not None:
+            online.close()
         elapsed = time.perf_counter() - t_loop
         done = step - start_step
         summary = {
@@ -348,6 +364,42 @@ class _Run:
         return None
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _online_knn(self, trainer: DINOTrainer, step: int, steps_per_epoch: int):
+        """``(OnlineKnn or None, progress text)``; measures step 0 on a fresh run, else reads it from metrics.jsonl."""
+        from dino_pipe.eval import online_knn
+
+        self.knn0: float | None = None
+        if not online_knn.enabled(self.cfg):
+            return None, ""
+        from dino_pipe.eval.workers import WorkerContext
+
+        online = online_knn.OnlineKnn(self.cfg, WorkerContext.from_env(self.env))
+        if step == 0:
+            return online, self._measure_knn(online, trainer, 0, steps_per_epoch)
+        first = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("step") == 0 and "knn_top1" in r]
+        self.knn0 = first[0]["knn_top1"] if first else None
+        return online, ""
+
+    def _measure_knn(self, online, trainer: DINOTrainer, step: int, steps_per_epoch: int) -> str:
+        """Measure the teacher's k-NN, append it to metrics.jsonl, warn when below step 0; the progress text."""
+        m = online.measure(trainer.teacher.backbone)
+        if step == 0:
+            self.knn0 = m["knn_top1"]
+        knn0 = self.knn0
+        warning = None
+        if knn0 is not None and step > 0 and m["knn_top1"] < knn0:
+            warning = (f"online k-NN top-1 {m['knn_top1']:.1f}% (k={m['knn_k']}) is below the untrained network's "
+                       f"{knn0:.1f}% at step 0: training is making the features worse (see the collapse numbers in "
+                       "metrics.jsonl; a softer teacher, more teacher momentum or a lower lr may help)")
+        if self.env.is_main:
+            record = {"step": step, "epoch": step / steps_per_epoch, **m, "knn_warning": warning, "time": time.time()}
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            if warning:
+                from dino_pipe.progress import console
+
+                console.print(f"[yellow]warning[/] step {step}: {warning}", highlight=False)
+        return f" knn {m['knn_top1']:.1f}%"
 
     def _checkpoint(self, trainer: DINOTrainer, loader, step: int, steps_per_epoch: int) -> None:
         env = self.env

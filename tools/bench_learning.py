@@ -15,6 +15,10 @@ then runs `dino-pipe eval knn` (k = 20, T = 0.07, the preset's evaluation resize
 teacher and for the untrained network of the same architecture and seed (``--random-init``).
 
 Prints a table (dataset, untrained, trained, delta, training minutes wall and CPU) and writes JSON.
+For a ResNet it adds a second untrained baseline: timm builds ResNets with each residual block's last
+BatchNorm weight at zero (``zero_init_last``), so at initialization every block is the identity and the
+network is nearly linear before global pooling; its k-NN is near chance. The same random network with
+``zero_init_last: false`` (column "untrained, residuals on") is the fair random-features baseline.
 Training minutes are measured two ways: wall time, and the training process's CPU seconds (user +
 system, all threads); on a busy machine wall time grows while CPU seconds stay, and CPU seconds / 2 is
 about the wall time on an otherwise idle 2-core machine. Finished steps are reused when rerun
@@ -92,7 +96,10 @@ def bench_one(name: str, args, dp: list[str]) -> dict:
     timing = json.loads(timing_file.read_text())
     knn = ["--train", str(shards / "train"), "--val", str(shards / "val"), "--gpus", "0", "--k", "20", "--temperature", "0.07"]
     results = {}
-    for which, extra in (("untrained", ["--random-init"]), ("trained", [])):
+    evals = [("untrained", ["--random-init"]), ("trained", [])]
+    if cfg.model.arch.startswith("resnet"):  # timm zero-inits each block's last BatchNorm: see the module docstring
+        evals.append(("untrained_residuals_on", ["--random-init", "model.arch_kwargs={zero_init_last: false}"]))
+    for which, extra in evals:
         out = run_dir / f"knn-{which}.json"
         if not out.is_file():
             run(dp + ["eval", "knn", "--checkpoint", str(run_dir), *knn, *extra, "--output", str(out)],
@@ -100,7 +107,8 @@ def bench_one(name: str, args, dp: list[str]) -> dict:
         results[which] = top1(out)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"dataset": name, "train_images": n_train, "untrained": results["untrained"], "trained": results["trained"],
-            "delta": round(results["trained"] - results["untrained"], 2), "steps": summary["steps"], "epochs": epochs,
+            "delta": round(results["trained"] - results["untrained"], 2),
+            "untrained_residuals_on": results.get("untrained_residuals_on"), "steps": summary["steps"], "epochs": epochs,
             "train_wall_s": round(timing["wall_s"], 1), "train_cpu_s": round(timing["cpu_s"], 1),
             "quiet_2core_min_est": round(timing["cpu_s"] / 2 / 60, 2), "final_loss": summary["final_loss"],
             "run_dir": str(run_dir)}
@@ -122,12 +130,15 @@ def main() -> None:
         sys.exit(f"error: --datasets: unknown {', '.join(unknown)} (known: {', '.join(DATASETS)})")
     dp = [sys.executable, "-m", "dino_pipe"]
     rows = []
-    print(f"{'dataset':14s} {'untrained':>9s} {'trained':>8s} {'delta':>7s} {'steps':>5s} {'wall min':>8s} {'CPU min':>8s}")
+    print(f"{'dataset':14s} {'untrained':>9s} {'trained':>8s} {'delta':>7s} {'steps':>5s} {'wall min':>8s} {'CPU min':>8s}"
+          f" {'untrained, residuals on':>24s}")
     for name in names:
         r = bench_one(name, args, dp)
         rows.append(r)
         print(f"{name:14s} {r['untrained']:8.1f}% {r['trained']:7.1f}% {r['delta']:+6.1f} {r['steps']:5d} "
-              f"{r['train_wall_s'] / 60:8.1f} {r['train_cpu_s'] / 60:8.1f}", flush=True)
+              f"{r['train_wall_s'] / 60:8.1f} {r['train_cpu_s'] / 60:8.1f}"
+              f" {'' if r['untrained_residuals_on'] is None else format(r['untrained_residuals_on'], '23.1f') + '%':>24s}",
+              flush=True)
     out = args.output or args.work / "learning.json"
     atomic_write_json(out, {"config": str(args.config), "overrides": args.overrides, "steps_target": args.steps,
                             "knn": {"k": 20, "temperature": 0.07}, "results": rows,

@@ -180,7 +180,7 @@ def _split_tree(out: Path, images, labels, names, mode: str) -> dict[str, int]:
 
 def write_digits(out: str | Path, size: int = 32) -> dict[str, int]:
     """scikit-learn's ``load_digits`` (1,797 8x8 digits, 17 grey levels) upscaled (bicubic) to ``size`` px,
-    as ``out/{train,val}/<digit>/NNNNN.png``; every 5th of a digit goes to val (1,438 + 359)."""
+    as ``out/{train,val}/<digit>/NNNNN.png``; every 5th of a digit goes to val (1,442 + 355)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:

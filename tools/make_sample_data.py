@@ -33,7 +33,7 @@ def main() -> None:
                     help="also write OUT/fashion_mnist (500 train + 100 val per class) from Debian's "
                          "dataset-fashion-mnist package: a labelled set nobody tuned the presets on")
     ap.add_argument("--digits", action="store_true",
-                    help="also write OUT/digits: scikit-learn's 1,797 8x8 digits upscaled to 32 px (1,438 train + 359 val)")
+                    help="also write OUT/digits: scikit-learn's 1,797 8x8 digits upscaled to 32 px (1,442 train + 355 val)")
     ap.add_argument("--shapes", action="store_true",
                     help="also write OUT/shapes: 5,000 generated 32-px RGB images of 10 shapes in random colours on "
                          "random coloured backgrounds (colour is a nuisance; 4,000 train + 1,000 val)")

@@ -15,6 +15,10 @@
   ``retina``) ship in-package, alternately as JPEG (quality 92) and PNG: an unlabeled folder
   for decoding variety (``dino-pipe shard OUT/photos``).
 
+* ``--fashion-mnist``, ``--digits``, ``--shapes``: also the labelled sets of ``tools/bench_learning.py``
+  (Fashion-MNIST from Debian's package; scikit-learn's 8x8 digits upscaled to 32 px; generated 32-px
+  shapes in random colours on random coloured backgrounds).
+
 Rerunning rewrites the same bytes.
 """
 

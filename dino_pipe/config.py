@@ -5,7 +5,8 @@ returns a validated :class:`Config`. Unknown keys and values of the wrong type r
 :class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
 
 A preset may name another with ``base: other.yaml`` (relative to itself); its keys override
-the base's.
+the base's (dict-valued keys such as ``model.arch_kwargs`` merge). A dotted override of a dict-valued
+key replaces the dict: ``model.arch_kwargs={}`` clears it, ``model.arch_kwargs={depth: 4}`` sets exactly that.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ClipMode = Literal["per_param", "global"]
 Optimizer = Literal["adamw", "sgd", "lars"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 FeatureDtype = Literal["float16", "bfloat16", "float32"]
+PosInterp = Literal["reference", "timm"]
 
 
 def choices(tp: Any) -> tuple[str, ...]:
@@ -147,6 +149,9 @@ class ModelConfig:
     """Batch norm in the head MLP."""
     norm_last_layer: bool = True
     """Weight-normalize the head's last layer with a fixed norm."""
+    pos_interp: PosInterp = "reference"
+    """ViT position table for other crop sizes: reference (DINO's plain bicubic, scale (n+0.1)/N) or timm
+    (antialiased)."""
 
 
 @dataclass
@@ -247,6 +252,15 @@ class EvalConfig:
     """Linear probe weight decay."""
     linear_crop_scale: tuple[float, float] = (0.08, 1.0)
     """Linear probe train augmentation: random resized crop scale (+ flip)."""
+    online_knn_train: str = ""
+    """Online k-NN during `train` (off unless both are set): labelled train shard set; measured with the teacher
+    at step 0, every epoch end (or every online_knn_every_steps steps) and the last step."""
+    online_knn_val: str = ""
+    """Online k-NN: labelled val shard set."""
+    online_knn_every_steps: int = 0
+    """Online k-NN period in steps (0 = at every epoch end)."""
+    online_knn_k: int = 20
+    """Online k-NN neighbour count."""
 
 
 @dataclass
@@ -401,6 +415,20 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+def _apply_override(data: dict, override: dict, section: Any = None) -> None:
+    """Merge one parsed override into ``data``: config sections merge key by key, but a value for a
+    dict-valued key (``model.arch_kwargs={}`` or ``model.arch_kwargs={depth: 4}``) replaces that dict."""
+    section = Config() if section is None else section
+    for k, v in override.items():
+        cur = getattr(section, k, None) if dataclasses.is_dataclass(section) else None
+        if isinstance(v, dict) and dataclasses.is_dataclass(cur):
+            if not isinstance(data.get(k), dict):
+                data[k] = {}
+            _apply_override(data[k], v, cur)
+        else:
+            data[k] = v
+
+
 def _fix_yaml_floats(d: Any) -> Any:
     """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats."""
     if isinstance(d, dict):
@@ -419,7 +447,7 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     """A validated Config from a plain dict (e.g. a checkpoint's ``config``) plus dotted overrides."""
     data = copy.deepcopy(data)
     for o in overrides:
-        _deep_update(data, parse_override(o))
+        _apply_override(data, parse_override(o))
     cfg = Config()
     _merge_into(cfg, _fix_yaml_floats(data))
     validate(cfg)
@@ -488,8 +516,12 @@ def validate(cfg: Config) -> None:
         sizes = [("data.global_size", d.global_size), ("data.eval_crop", d.eval_crop)]
         sizes += [("data.local_size", d.local_size)] if d.n_local > 0 else []
         for key, size in sizes:
-            need(size % patch == 0, key, f"{size} is not a multiple of the patch size {patch} of model.arch "
-                 f"{m.arch} (use {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})")
+            need(
+                size % patch == 0,
+                key,
+                f"{size} is not a multiple of the patch size {patch} of model.arch "
+                f"{m.arch} (use {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})",
+            )
     need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
     need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
     need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
@@ -531,3 +563,10 @@ def validate(cfg: Config) -> None:
         "eval.linear_crop_scale",
         "needs 0 < low <= high <= 1",
     )
+    need(
+        bool(e.online_knn_train) == bool(e.online_knn_val),
+        "eval.online_knn_train",
+        "online k-NN needs both eval.online_knn_train and eval.online_knn_val (labelled shard sets)",
+    )
+    need(e.online_knn_every_steps >= 0, "eval.online_knn_every_steps", "must be >= 0 (0 = every epoch end)")
+    need(e.online_knn_k >= 1, "eval.online_knn_k", "must be >= 1")

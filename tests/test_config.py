@@ -21,8 +21,16 @@ def test_defaults_are_the_reference_recipe():
 
 
 def test_dotted_overrides_are_typed():
-    c = load_config(None, ["optim.base_lr=1e-3", "data.n_local=10", "data.global_scale=[0.3, 1.0]",
-                           "train.compile=true", "model.arch_kwargs={img_size: 32}"])
+    c = load_config(
+        None,
+        [
+            "optim.base_lr=1e-3",
+            "data.n_local=10",
+            "data.global_scale=[0.3, 1.0]",
+            "train.compile=true",
+            "model.arch_kwargs={img_size: 32}",
+        ],
+    )
     assert c.optim.base_lr == pytest.approx(1e-3) and isinstance(c.optim.base_lr, float)
     assert c.data.n_local == 10
     assert c.data.global_scale == (0.3, 1.0)
@@ -80,11 +88,44 @@ PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
 
 def test_the_documented_presets_exist():
-    assert {"vit_small_imagenet.yaml", "vit_small_best.yaml", "vit_base_imagenet.yaml", "resnet50_imagenet.yaml",
-            "cpu_small.yaml"} <= set(PRESETS)
+    assert {
+        "vit_small_imagenet.yaml",
+        "vit_small_best.yaml",
+        "vit_base_imagenet.yaml",
+        "resnet50_imagenet.yaml",
+        "cpu_small.yaml",
+        "cpu_small_vit.yaml",
+        "demo_mnist.yaml",
+    } <= set(PRESETS)
+
+
+def test_small_presets_evaluate_at_their_training_size():
+    """`eval knn --checkpoint RUN` needs no --resize/--crop for the 32-px presets; the demo keeps the ViT."""
+    for name in ("cpu_small.yaml", "cpu_small_vit.yaml", "demo_mnist.yaml"):
+        c = load_config(CONFIGS / name)
+        assert (c.data.eval_resize, c.data.eval_crop) == (c.data.global_size, c.data.global_size) == (32, 32), name
+    general, demo = load_config(CONFIGS / "cpu_small.yaml"), load_config(CONFIGS / "demo_mnist.yaml")
+    assert (
+        general.data.flip_p == 0.5 and general.data.solarize_p_global == (0.0, 0.2) and general.data.grayscale_p == 0.2
+    )
+    assert demo.model.arch.startswith("vit_") and demo.data.flip_p == 0.0
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads(preset):
     cfg = load_config(CONFIGS / preset)
     assert cfg.model.arch and cfg.train.epochs >= 1
+
+
+def test_dict_override_replaces_the_presets_dict(tmp_path):
+    """A dotted override of a dict-valued key replaces it (a preset's ViT kwargs do not leak into a ResNet)."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        "model:\n  arch: vit_tiny_patch16_224\n  arch_kwargs: {img_size: 32, patch_size: 8}\n  out_dim: 64\n"
+    )
+    c = load_config(preset, ["model.arch=resnet18", "model.arch_kwargs={}"])
+    assert c.model.arch_kwargs == {} and c.model.arch == "resnet18" and c.model.out_dim == 64
+    c = load_config(preset, ["model.arch_kwargs={depth: 2}"])
+    assert c.model.arch_kwargs == {"depth": 2}
+    c = load_config(preset, ["model={out_dim: 32}"])  # a section still merges key by key
+    assert c.model.out_dim == 32 and c.model.arch_kwargs == {"img_size": 32, "patch_size": 8}

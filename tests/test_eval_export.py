@@ -58,3 +58,15 @@ def test_export_errors(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "run")
     with pytest.raises(UserError, match=".safetensors"):
         export_backbone(ckpt, tmp_path / "x.pt")
+
+
+def test_random_init_builds_the_overridden_model_section(tmp_path):
+    """`eval --random-init` with a model override builds that model (the fair ResNet baseline needs
+    model.arch_kwargs={zero_init_last: false}); trained weights always use the checkpoint's own config."""
+    from dino_pipe.config import ModelConfig
+    from dino_pipe.eval.trained_backbone import load_backbone
+
+    ckpt = write_tiny_checkpoint(tmp_path, depth=2)
+    other = ModelConfig(arch="vit_tiny_patch16_224", arch_kwargs={"img_size": 32, "patch_size": 8, "depth": 1})
+    assert len(load_backbone(ckpt, random_init=True, random_model=other).model.blocks) == 1
+    assert len(load_backbone(ckpt, random_init=False, random_model=other).model.blocks) == 2

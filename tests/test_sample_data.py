@@ -94,3 +94,24 @@ def test_fashion_mnist_missing_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         write_fashion_mnist(tmp_path / "fm", source=tmp_path / "nothing")
+
+
+def test_digits_and_colour_shapes_trees(tmp_path):
+    """scikit-learn's digits (every 5th of a class to val) and the generated colour shapes: deterministic,
+    balanced, and the shapes' colours do not give the class away."""
+    import numpy as np
+
+    from dino_pipe.sample_data import SHAPE_CLASSES, colour_shapes, write_colour_shapes, write_digits
+
+    n = write_digits(tmp_path / "digits")
+    assert n == {"train": 1442, "val": 355}
+    assert sorted(p.name for p in (tmp_path / "digits" / "val").iterdir()) == [str(i) for i in range(10)]
+    a, la = colour_shapes(200, seed=3)
+    b, _ = colour_shapes(200, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and a[0].shape == (32, 32, 3)
+    assert la == [i % len(SHAPE_CLASSES) for i in range(200)]
+    mean_rgb = np.array([x.reshape(-1, 3).mean(0) for x in a])
+    per_class = np.array([mean_rgb[np.array(la) == c].mean(0) for c in range(10)])
+    assert per_class.std(0).max() < 0.5 * mean_rgb.std(0).min()  # class means of colour vary far less than images do
+    counts = write_colour_shapes(tmp_path / "shapes", n=50)
+    assert counts == {"train": 40, "val": 10}

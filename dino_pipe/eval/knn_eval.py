@@ -94,7 +94,8 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
     else:
         from dino_pipe.eval.trained_backbone import load_backbone
 
-        model = load_backbone(job.checkpoint, job.which, random_init=job.random_init, seed=cfg.train.seed).model
+        model = load_backbone(job.checkpoint, job.which, random_init=job.random_init, seed=cfg.train.seed,
+                              random_model=cfg.model).model
         model.to(ctx.device)
         local_train, n_train = _extract_split(job, cfg, model, "train", ctx)
         local_val, n_val = _extract_split(job, cfg, model, "val", ctx)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dino_pipe.config import Config, config_from_dict
+from dino_pipe.config import Config, ModelConfig, config_from_dict
 from dino_pipe.errors import UserError
 from dino_pipe.eval.inputs import describe_weights, read_weights
 from dino_pipe.models.backbone import create_backbone, describe
@@ -46,16 +46,24 @@ def backbone_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def load_backbone(
-    checkpoint: str | Path, which: str = "teacher", *, random_init: bool = False, seed: int = 0
+    checkpoint: str | Path,
+    which: str = "teacher",
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    random_model: ModelConfig | None = None,
 ) -> LoadedBackbone:
     """Build the run's backbone and load its ``which`` weights (or keep a seeded random init).
+
+    ``random_model``: with ``random_init``, build this model section instead of the checkpoint's (so
+    command-line overrides such as ``"model.arch_kwargs={zero_init_last: false}"`` shape the baseline).
 
     Raises :class:`UserError` for a missing/damaged checkpoint or weights that do not fit.
     """
     path, ckpt = read_weights(checkpoint, which)
     cfg = config_from_dict(ckpt["config"])
     torch.manual_seed(seed)
-    model = create_backbone(cfg.model)
+    model = create_backbone(random_model if (random_init and random_model is not None) else cfg.model)
     if not random_init:
         state = backbone_state_dict(ckpt[which])
         if not state:

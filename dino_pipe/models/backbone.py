@@ -3,7 +3,8 @@
 The backbone's output is one embedding per image: the final-norm CLS token for ViTs
 (``global_pool="token"``), globally pooled features for ResNets. ViTs are built with
 ``dynamic_img_size=True`` so 96-px local crops (or any size divisible by the patch) go through
-the same weights.
+the same weights; their position table is resized as the reference DINO does unless
+``model.pos_interp=timm`` (see :mod:`dino_pipe.models.pos_embed`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn as nn
 
 from dino_pipe.config import ModelConfig
 from dino_pipe.errors import UserError
+from dino_pipe.models.pos_embed import use_reference_resampling
 
 
 def is_vit(arch: str) -> bool:
@@ -38,6 +40,8 @@ def create_backbone(cfg: ModelConfig, *, drop_path: float = 0.0) -> nn.Module:
     except TypeError as e:
         raise UserError(f"config key model.arch_kwargs: {cfg.arch} does not accept them ({e})") from None
     model.embed_dim = model.num_features
+    if cfg.pos_interp == "reference":
+        use_reference_resampling(model)
     return model
 
 

@@ -76,3 +76,44 @@ class CollapseMonitor:
             return (f"teacher output is near one-hot on the same prototype for all images (marginal entropy "
                     f"{stats['marginal_entropy']:.3f}, {stats['prototypes_used']} prototype(s) used): collapse?")
         return None
+
+
+class PartialCollapseWatch:
+    """Partial collapse: the teacher puts its mass on a few prototypes for a sustained stretch.
+
+    Neither warning above fires then (marginal entropy is well above 0, more than one prototype is
+    used), yet every image's target is near one-hot on one of a handful of prototypes, and the
+    features can end worse than at initialization. A check window of ``n`` teacher outputs counts as
+    *concentrated* when at most ``min(few, K // 4, n // 4)`` prototypes took the argmax (so each one
+    used takes 4 images or more on average) and the mean per-image entropy is at most ``sharp`` x ln K;
+    :meth:`update` returns a one-line warning once ``sustain`` windows in a row were concentrated
+    (and then every ``sustain`` windows while it lasts), else None.
+    """
+
+    def __init__(self, out_dim: int, *, few: int = 32, sharp: float = 0.25, sustain: int = 5):
+        self.out_dim, self.sharp, self.sustain = out_dim, sharp, sustain
+        self.few = max(1, min(few, out_dim // 4))
+        self.run = 0  # consecutive concentrated windows
+        self.since_step: int | None = None
+
+    def concentrated(self, stats: dict, window_images: int | None = None) -> bool:
+        few = self.few if window_images is None else min(self.few, window_images // 4)
+        return (bool(stats) and stats["prototypes_used"] <= few
+                and stats["teacher_entropy"] <= self.sharp * stats["teacher_entropy_max"])
+
+    def update(self, stats: dict, step: int, window_images: int | None = None) -> str | None:
+        """``window_images``: teacher outputs behind ``stats`` (too few images make any count look small)."""
+        if not self.concentrated(stats, window_images):
+            self.run, self.since_step = 0, None
+            return None
+        self.run += 1
+        if self.since_step is None:
+            self.since_step = step
+        if self.run % self.sustain:
+            return None
+        ln_k = stats["teacher_entropy_max"]
+        return (f"partial collapse: since step {self.since_step} the teacher puts its mass on "
+                f"{stats['prototypes_used']} of {self.out_dim} prototypes (≈{math.exp(stats['marginal_entropy']):.0f} "
+                f"effective; per-image entropy {stats['teacher_entropy']:.2f} of ln K = {ln_k:.2f}); "
+                "try a softer teacher (raise loss.teacher_temp, e.g. 0.04 -> 0.06), a larger optim.momentum_teacher, "
+                "a smaller model.out_dim, or a lower optim.base_lr")

@@ -7,7 +7,9 @@ The loop on each rank only wires its components:
   next batch is exactly the one that would have come next); when to save (every
   train.checkpoint_every_steps, at every epoch end and at the end) and what each rank contributes;
 * :class:`~dino_pipe.train.metrics.MetricsLogger` - every train.log_every_steps a record
-  (metrics.jsonl, TensorBoard, progress line), every train.collapse_check_every_steps a collapse check;
+  (metrics.jsonl, TensorBoard, progress line), every train.collapse_check_every_steps a collapse check
+  (uniform, one-hot and partial collapse), and the teacher's online k-NN at step 0 and every epoch end when
+  eval.online_knn_train/val are set;
 * :class:`~dino_pipe.train.trainer.DINOTrainer` - the step itself;
 * :func:`~dino_pipe.train.distributed.launch` - the processes (shared with evaluation).
 
@@ -180,7 +182,8 @@ class _Run:
         D.barrier(env)
         stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
         start_step = step
-        with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress) as metrics:
+        with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress,
+                           teacher=trainer.teacher.backbone) as metrics:
             while step < stop_at:
                 it = iter(loader)
                 while step < stop_at and (batch := metrics.next_batch(it)) is not None:

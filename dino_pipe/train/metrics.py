@@ -1,5 +1,5 @@
 """What a training run reports while it runs: rate windows, metrics.jsonl, TensorBoard, the progress
-line and the collapse checks.
+line, the collapse checks (uniform, one-hot and partial collapse) and the optional online k-NN.
 
 :class:`MetricsLogger` is one per rank; only rank 0 writes files, prints and draws the progress bar.
 The loop asks it which steps are logging or check steps (:meth:`MetricsLogger.due`), hands it every
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from dino_pipe.atomic import append_jsonl, atomic_write_text, read_jsonl
 from dino_pipe.config import Config
-from dino_pipe.train.diagnostics import CollapseMonitor
+from dino_pipe.train.diagnostics import CollapseMonitor, PartialCollapseWatch
 from dino_pipe.train.distributed import DistEnv
 
 METRICS_NAME = "metrics.jsonl"
@@ -35,14 +35,17 @@ def trim_metrics(run_dir: Path, resumed_step: int | None) -> None:
 
 
 class MetricsLogger:
-    """Rate windows, metrics.jsonl + TensorBoard records, the progress line and the collapse checks."""
+    """Rate windows, metrics.jsonl + TensorBoard records, the progress line, the collapse checks and the
+    online k-NN of ``teacher`` (a backbone; only used when ``eval.online_knn_train/val`` are set)."""
 
     def __init__(self, run_dir: Path, cfg: Config, env: DistEnv, steps_per_epoch: int, stop_at: int,
-                 start_step: int, show_progress: bool):
+                 start_step: int, show_progress: bool, teacher: Any = None):
         self.run_dir, self.cfg, self.env = run_dir, cfg, env
         self.steps_per_epoch, self.stop_at, self.start_step = steps_per_epoch, stop_at, start_step
         self.images_per_step = cfg.data.batch_size * env.world_size
         self.monitor = CollapseMonitor(cfg.model.out_dim)
+        self.partial = PartialCollapseWatch(cfg.model.out_dim)
+        self.last_check_step = start_step
         self.tb = self._tensorboard()
         self.last_loss = float("nan")
         self.window_t, self.window_wait, self.window_steps = time.perf_counter(), 0.0, 0
@@ -52,14 +55,18 @@ class MetricsLogger:
         self.last_warning: str | None = None
         self.progress = self._progress(stop_at, start_step, show_progress)
         self.task = None
+        self.teacher, self.online, self.knn0, self.knn_info = teacher, None, None, ""
 
     def __enter__(self) -> "MetricsLogger":
         self.progress.__enter__()
         self.task = self.progress.tasks[0].id if self.progress.tasks else None
+        self._start_online_knn()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
+        if self.online is not None:
+            self.online.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -98,11 +105,13 @@ class MetricsLogger:
                     f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g} "
                     f"loss {self.last_loss:.4f} "
                     f"lr {v['lr']:.2e} wd {v['wd']:.3f} m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
-                    f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%"
+                    f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%{self.knn_info}"
                 ),
             )
         elif self.task is not None:
             self.progress.update(self.task, completed=step)
+        if self.online is not None and self.online.due(step, self.steps_per_epoch, self.stop_at):
+            self.knn_info = self._measure_knn(step)
 
     def summary(self, step: int) -> dict:
         """The run's loss and rates for summary.json (``step`` steps done in all)."""
@@ -115,6 +124,8 @@ class MetricsLogger:
     # -- pieces ---------------------------------------------------------------------------------
 
     def _collapse_check(self, step: int) -> None:
+        window_images = 2 * self.cfg.data.batch_size * (step - self.last_check_step)  # this rank's teacher outputs
+        self.last_check_step = step
         self.collapse_stats = self.monitor.summary()
         warning = self.monitor.warning(self.collapse_stats) if self.env.is_main else None
         kind = warning.split(" (")[0] if warning else None
@@ -125,6 +136,47 @@ class MetricsLogger:
         self.last_warning = kind
         if self.collapse_stats:
             self.collapse_stats["collapse_warning"] = warning
+            partial_warning = self.partial.update(self.collapse_stats, step, window_images)
+            if partial_warning and self.env.is_main:
+                from dino_pipe.progress import console
+
+                console.print(f"[yellow]warning[/] step {step}: {partial_warning}", highlight=False)
+            self.collapse_stats["partial_collapse_warning"] = partial_warning
+
+    def _start_online_knn(self) -> None:
+        """Online k-NN when configured: measure the untrained teacher on a fresh run, else read step 0's value."""
+        from dino_pipe.eval import online_knn
+
+        if self.teacher is None or not online_knn.enabled(self.cfg):
+            return
+        from dino_pipe.eval.workers import WorkerContext
+
+        self.online = online_knn.OnlineKnn(self.cfg, WorkerContext.from_env(self.env))
+        if self.start_step == 0:
+            self.knn_info = self._measure_knn(0)
+        else:
+            first = [r for r in read_jsonl(self.run_dir / METRICS_NAME) if r.get("step") == 0 and "knn_top1" in r]
+            self.knn0 = first[0]["knn_top1"] if first else None
+
+    def _measure_knn(self, step: int) -> str:
+        """Measure the teacher's k-NN, append it to metrics.jsonl, warn when below step 0; the progress text."""
+        m = self.online.measure(self.teacher)
+        if step == 0:
+            self.knn0 = m["knn_top1"]
+        warning = None
+        if self.knn0 is not None and step > 0 and m["knn_top1"] < self.knn0:
+            warning = (f"online k-NN top-1 {m['knn_top1']:.1f}% (k={m['knn_k']}) is below the untrained network's "
+                       f"{self.knn0:.1f}% at step 0: training is making the features worse (see the collapse numbers "
+                       "in metrics.jsonl; a softer teacher, more teacher momentum or a lower lr may help)")
+        if self.env.is_main:
+            record = {"step": step, "epoch": step / self.steps_per_epoch, **m, "knn_warning": warning,
+                      "time": time.time()}
+            append_jsonl(self.run_dir / METRICS_NAME, record)
+            if warning:
+                from dino_pipe.progress import console
+
+                console.print(f"[yellow]warning[/] step {step}: {warning}", highlight=False)
+        return f" knn {m['knn_top1']:.1f}%"
 
     def _log(self, step: int, res) -> None:
         self.last_loss = float(res.loss)

@@ -115,5 +115,5 @@ class PartialCollapseWatch:
         return (f"partial collapse: since step {self.since_step} the teacher puts its mass on "
                 f"{stats['prototypes_used']} of {self.out_dim} prototypes (≈{math.exp(stats['marginal_entropy']):.0f} "
                 f"effective; per-image entropy {stats['teacher_entropy']:.2f} of ln K = {ln_k:.2f}); "
-                "try a softer teacher (raise loss.teacher_temp, e.g. 0.04 -> 0.06), a larger optim.momentum_teacher, "
+                "try a softer teacher (a higher loss.teacher_temp), a larger optim.momentum_teacher, "
                 "a smaller model.out_dim, or a lower optim.base_lr")

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kill_helpers import kill_after_step
 from s3_server import MotoServer, free_port
 from typer.testing import CliRunner
 
-from dino_pipe.atomic import read_jsonl
 from dino_pipe.errors import UserError
 
 
@@ -193,16 +193,7 @@ def test_kill9_and_resume_training_from_s3(s3, tiny_shardset, tmp_path):
     subprocess.run(cli(tiny_shardset, tmp_path / "full"), check=True, env=env, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
     kill_at = random.Random(os.getpid()).randint(5, 17)  # 24 steps
-    proc = subprocess.Popen(cli(url, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] if (killed / "metrics.jsonl").exists() else []
-        if steps and steps[-1] >= kill_at:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_step(cli(url, killed), env, killed, kill_at)
     assert load_checkpoint(killed)["step"] < 24
     res = subprocess.run(cli(url, killed), env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

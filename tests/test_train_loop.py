@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_helpers import kill_after_step
 from typer.testing import CliRunner
 
 from dino_pipe.atomic import read_jsonl
@@ -108,16 +107,7 @@ def test_exact_resume_after_kill9(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cli(full), check=True, env=_env(), capture_output=True, timeout=300)
     kill_at = random.Random(os.getpid()).randint(5, 19)  # 24 steps in total
-    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] if (killed / "metrics.jsonl").exists() else []
-        if steps and steps[-1] >= kill_at:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_step(_cli(killed), _env(), killed, kill_at)
     before = load_checkpoint(killed)["step"]
     assert before < 24
     res = subprocess.run(_cli(killed), env=_env(), capture_output=True, text=True, timeout=300)

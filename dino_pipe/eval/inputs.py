@@ -62,10 +62,13 @@ def built_model(config: dict) -> str:
 
 
 def labelled_shardset(path: str | Path) -> dict:
-    """Facts of a labelled shard set (path, num_samples, num_classes, classes); unlabelled -> UserError."""
+    """Facts of a labelled shard set (path, num_samples, num_classes, classes); unlabelled -> UserError.
+
+    Reads the manifest only: the content check (sha256, labels) is done by the loaders that read the
+    shards, each process on its share, so a job hashes every shard once."""
     from dino_pipe.data.shardset import open_shardset
 
-    s = open_shardset(path)
+    s = open_shardset(path, check=False)
     if not s.labeled or not s.classes:
         raise UserError(f"shard set {path}: unlabeled (manifest has no classes); k-NN and linear probes need labels")
     return {

@@ -29,6 +29,7 @@ ContrastCenter = Literal["mean", "128"]
 Interp = Literal["gaussian", "cubic", "linear"]
 ClipMode = Literal["per_param", "global"]
 Optimizer = Literal["adamw", "sgd", "lars"]
+Centering = Literal["ema", "sinkhorn"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 FeatureDtype = Literal["float16", "bfloat16", "float32"]
 PosInterp = Literal["reference", "timm"]
@@ -168,6 +169,14 @@ class LossConfig:
     """Epochs of linear teacher temperature warm-up."""
     center_momentum: float = 0.9
     """EMA momentum of the teacher output centre."""
+    centering: Centering = "ema"
+    """Teacher centering: ema (the reference DINO: subtract an EMA of the teacher outputs, then softmax) or
+    sinkhorn (DINOv2/SwAV: Sinkhorn-Knopp over the global batch, every prototype gets an equal share)."""
+    sinkhorn_iters: int = 3
+    """Sinkhorn-Knopp iterations (centering=sinkhorn)."""
+    koleo_weight: float = 0.0
+    """Weight of the KoLeo regulariser on the student's backbone embeddings of each global view (DINOv2: 0.1;
+    0 = off, the reference DINO)."""
 
 
 @dataclass
@@ -532,6 +541,8 @@ def validate(cfg: Config) -> None:
         "temperatures must be > 0",
     )
     need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
+    need(lo.sinkhorn_iters >= 1, "loss.sinkhorn_iters", "must be >= 1")
+    need(lo.koleo_weight >= 0, "loss.koleo_weight", "must be >= 0 (0 = off)")
     o = cfg.optim
     need(o.base_lr > 0, "optim.base_lr", "must be > 0")
     need(o.min_lr >= 0, "optim.min_lr", "must be >= 0")

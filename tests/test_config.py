@@ -94,20 +94,21 @@ def test_the_documented_presets_exist():
         "vit_base_imagenet.yaml",
         "resnet50_imagenet.yaml",
         "cpu_small.yaml",
-        "cpu_small_vit.yaml",
         "demo_mnist.yaml",
     } <= set(PRESETS)
 
 
 def test_small_presets_evaluate_at_their_training_size():
-    """`eval knn --checkpoint RUN` needs no --resize/--crop for the 32-px presets; the demo keeps the ViT."""
-    for name in ("cpu_small.yaml", "cpu_small_vit.yaml", "demo_mnist.yaml"):
+    """`eval knn --checkpoint RUN` needs no --resize/--crop for the 32-px presets; both are ViTs (attention)."""
+    for name in ("cpu_small.yaml", "demo_mnist.yaml"):
         c = load_config(CONFIGS / name)
         assert (c.data.eval_resize, c.data.eval_crop) == (c.data.global_size, c.data.global_size) == (32, 32), name
     general, demo = load_config(CONFIGS / "cpu_small.yaml"), load_config(CONFIGS / "demo_mnist.yaml")
     assert (
         general.data.flip_p == 0.5 and general.data.solarize_p_global == (0.0, 0.2) and general.data.grayscale_p == 0.2
     )
+    assert general.model.arch.startswith("vit_") and general.loss.centering == "sinkhorn"
+    assert general.loss.koleo_weight > 0
     assert demo.model.arch.startswith("vit_") and demo.data.flip_p == 0.0
 
 

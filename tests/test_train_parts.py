@@ -276,3 +276,19 @@ def test_partial_collapse_fires_only_when_sustained():
     mon.observe(torch.softmax(torch.randn(640, k) / 0.01, -1))
     stats = mon.summary()
     assert stats["prototypes_used"] > 32 and watch.update(stats, 7) is None and watch.run == 0
+
+
+def test_a_setting_added_after_a_run_was_made_counts_as_its_default_on_resume():
+    """A checkpoint written before `loss.koleo_weight` / `model.pos_interp` existed resumes under the same
+    config (missing keys are the defaults it was computed with); a non-default value is still a change."""
+    import copy
+
+    from dino_pipe.config import load_config
+    from dino_pipe.train.checkpoint import config_differences
+
+    new = load_config(None).to_dict()
+    old = copy.deepcopy(new)
+    del old["loss"]["koleo_weight"], old["loss"]["centering"], old["model"]["pos_interp"]
+    assert config_differences(old, new) == []
+    changed = load_config(None, ["loss.koleo_weight=0.1"]).to_dict()
+    assert config_differences(old, changed) == ["loss.koleo_weight: 0.0 -> 0.1"]

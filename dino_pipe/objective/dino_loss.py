@@ -12,16 +12,23 @@ moving average of the teacher's raw outputs over the whole global batch (all ran
 
     c <- m c + (1 - m) * (1 / (2 B W)) * sum_{ranks} sum_{i, b} t_i[b]       (m = 0.9)
 
+With ``centering="sinkhorn"`` the teacher targets are instead Sinkhorn-Knopp normalised over the global batch
+(:mod:`dino_pipe.objective.sinkhorn`); the EMA centre is then still kept (for diagnostics) but not used.
+
 Shapes: ``student_out [V*B, K]`` (view-major: rows ``v*B .. v*B+B-1`` are view ``v``),
 ``teacher_out [2*B, K]``, ``center [1, K]``. The loss is computed in float32.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dino_pipe.objective.sinkhorn import sinkhorn_knopp
 
 
 class DINOLoss(nn.Module):
@@ -32,6 +39,8 @@ class DINOLoss(nn.Module):
         student_temp: tau_s (0.1).
         center_momentum: m, the EMA momentum of the center (0.9).
         n_teacher_views: number of teacher views (2 global crops).
+        centering: ``"ema"`` (the reference: subtract the EMA centre) or ``"sinkhorn"`` (Sinkhorn-Knopp).
+        sinkhorn_iters: Sinkhorn-Knopp iterations (3, as DINOv2).
 
     ``forward(student_out, teacher_out, teacher_temp)`` returns the scalar loss and (unless
     ``update_center=False``) updates the center buffer from ``teacher_out`` afterwards, averaging
@@ -39,15 +48,19 @@ class DINOLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 n_teacher_views: int = 2):
+                 n_teacher_views: int = 2, centering: Literal["ema", "sinkhorn"] = "ema", sinkhorn_iters: int = 3):
         super().__init__()
+        self.centering = centering
+        self.sinkhorn_iters = sinkhorn_iters
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.n_teacher_views = n_teacher_views
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """``softmax((t - c) / tau_t)``, shape ``[2*B, K]``, float32, no gradient."""
+        """``softmax((t - c) / tau_t)`` (or the Sinkhorn-Knopp plan), shape ``[2*B, K]``, float32, no gradient."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_out, teacher_temp, self.sinkhorn_iters)
         return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float,

@@ -191,8 +191,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ and that matter for the computation."""
+    """Dotted keys whose values differ and that matter for the computation. A key the old config lacks (a
+    setting added after that run was made) counts as its default, which is how the run was computed."""
+    from dino_pipe.config import Config
+
+    defaults = _flat(Config().to_dict())
     a, b = _flat(old), _flat(new)
+    a.update({k: v for k, v in defaults.items() if k not in a})
     diffs = []
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):

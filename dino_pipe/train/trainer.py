@@ -36,6 +36,7 @@ from dino_pipe.config import Config
 from dino_pipe.errors import UserError
 from dino_pipe.models import DINOModel, create_student_teacher
 from dino_pipe.objective import DINOLoss
+from dino_pipe.objective.koleo import koleo_loss
 from dino_pipe.train.distributed import DistEnv
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
@@ -86,7 +87,8 @@ class DINOTrainer:
         self.teacher: DINOModel = teacher.to(self.device)
         self.teacher.train()  # as the reference: BatchNorm (ResNet) uses batch statistics; ViTs are unaffected
         self.loss_fn = DINOLoss(cfg.model.out_dim, student_temp=cfg.loss.student_temp,
-                                center_momentum=cfg.loss.center_momentum).to(self.device)
+                                center_momentum=cfg.loss.center_momentum, centering=cfg.loss.centering,
+                                sinkhorn_iters=cfg.loss.sinkhorn_iters).to(self.device)
         self.optimizer = build_optimizer(self.student, cfg.optim,
                                          fused=env.device == "cuda" and cfg.optim.optimizer == "adamw")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -137,9 +139,15 @@ class DINOTrainer:
         with self.autocast():
             with torch.no_grad():
                 teacher_out = self.teacher_fwd(views[:2])
-            student_out = self.student_fwd(views)
+            if self.cfg.loss.koleo_weight > 0:
+                student_out, student_embed = self.student_fwd(views, return_embed=True)
+            else:
+                student_out = self.student_fwd(views)
         teacher_out, student_out = teacher_out.float(), student_out.float()
         loss = self.loss_fn(student_out, teacher_out, values["teacher_temp"], update_center=False)
+        if self.cfg.loss.koleo_weight > 0:  # per global view, this rank's images (as DINOv2)
+            globals_ = student_embed[: teacher_out.shape[0]].chunk(2)
+            loss = loss + self.cfg.loss.koleo_weight * sum(koleo_loss(e) for e in globals_)
 
         loss_mean = loss.detach().clone()
         if self.env.world_size > 1:  # every rank learns when any rank went non-finite

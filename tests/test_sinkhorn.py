@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 
 from dino_pipe.objective import DINOLoss
 from dino_pipe.objective.sinkhorn import sinkhorn_knopp
+from dino_pipe.train.distributed import free_port
 
 
 def direct_sinkhorn(t: torch.Tensor, tau: float, n_iters: int) -> torch.Tensor:
@@ -73,12 +73,6 @@ def test_loss_with_sinkhorn_uses_the_plan_not_the_centre():
     assert torch.allclose(got, want, atol=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, port: int, t: torch.Tensor, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -94,7 +88,7 @@ def _rank(rank: int, port: int, t: torch.Tensor, out: str) -> None:
 def test_two_ranks_get_the_plan_of_the_global_batch(tmp_path):
     torch.manual_seed(2)
     t = torch.randn(16, 10)
-    mp.spawn(_rank, args=(_free_port(), t, str(tmp_path / "q")), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), t, str(tmp_path / "q")), nprocs=2, join=True)
     got = torch.cat([torch.load(tmp_path / f"q.{r}") for r in range(2)])
     assert torch.allclose(got, sinkhorn_knopp(t, 0.1, 3), atol=1e-5)
     assert not torch.allclose(got[:8], sinkhorn_knopp(t[:8], 0.1, 3), atol=1e-3)  # not each rank on its own

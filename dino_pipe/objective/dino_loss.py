@@ -65,22 +65,27 @@ class DINOLoss(nn.Module):
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float,
                 *, update_center: bool = True) -> torch.Tensor:
+        loss = self.cross_entropy(student_out, self.teacher_probs(teacher_out, teacher_temp))
+        if update_center:
+            self.update_center(teacher_out)
+        return loss
+
+    def cross_entropy(self, student_out: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        """The loss for teacher targets already computed by :meth:`teacher_probs` (the trainer computes them
+        once per step, for this and for its diagnostics)."""
         n_t = self.n_teacher_views
-        batch = teacher_out.shape[0] // n_t
+        batch = teacher_probs.shape[0] // n_t
         n_s = student_out.shape[0] // batch
-        if batch * n_t != teacher_out.shape[0] or batch * n_s != student_out.shape[0]:
-            raise ValueError(f"DINOLoss: teacher rows {teacher_out.shape[0]} and student rows "
+        if batch * n_t != teacher_probs.shape[0] or batch * n_s != student_out.shape[0]:
+            raise ValueError(f"DINOLoss: teacher rows {teacher_probs.shape[0]} and student rows "
                              f"{student_out.shape[0]} are not multiples of one batch size")
-        q = self.teacher_probs(teacher_out, teacher_temp).view(n_t, batch, -1)  # [T, B, K]
+        q = teacher_probs.view(n_t, batch, -1)  # [T, B, K]
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_s, batch, -1)  # [V, B, K]
         # cross[i, v] = mean_b -sum_k q[i,b,k] log_p[v,b,k]
         cross = -torch.einsum("tbk,vbk->tv", q, log_p) / batch
         # skip same-view pairs with a fixed-shape mask and a Python count (no host sync)
         same = torch.eye(n_t, n_s, dtype=torch.bool, device=cross.device)
-        loss = cross.masked_fill(same, 0.0).sum() / (n_t * n_s - min(n_t, n_s))
-        if update_center:
-            self.update_center(teacher_out)
-        return loss
+        return cross.masked_fill(same, 0.0).sum() / (n_t * n_s - min(n_t, n_s))
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

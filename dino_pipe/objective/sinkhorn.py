@@ -32,7 +32,7 @@ def _all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
 
 def _global_logsumexp_rows(log_q: torch.Tensor) -> torch.Tensor:
     """``log sum_n exp(log_q[n, k])`` over the rows of all ranks, ``[1, K]``."""
-    m = _all_reduce(log_q.max(dim=0, keepdim=True).values.clone(), dist.ReduceOp.MAX)
+    m = _all_reduce(log_q.max(dim=0, keepdim=True).values, dist.ReduceOp.MAX)
     return m + torch.log(_all_reduce(torch.exp(log_q - m).sum(dim=0, keepdim=True)))
 
 

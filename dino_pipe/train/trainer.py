@@ -144,7 +144,9 @@ class DINOTrainer:
             else:
                 student_out = self.student_fwd(views)
         teacher_out, student_out = teacher_out.float(), student_out.float()
-        loss = self.loss_fn(student_out, teacher_out, values["teacher_temp"], update_center=False)
+        # the targets once per step: for the loss, and afterwards for the diagnostics (the centre moves after both)
+        teacher_probs = self.loss_fn.teacher_probs(teacher_out, values["teacher_temp"])
+        loss = self.loss_fn.cross_entropy(student_out, teacher_probs)
         if self.cfg.loss.koleo_weight > 0:  # per global view, this rank's images (as DINOv2)
             globals_ = student_embed[: teacher_out.shape[0]].chunk(2)
             loss = loss + self.cfg.loss.koleo_weight * sum(koleo_loss(e) for e in globals_)
@@ -171,7 +173,6 @@ class DINOTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update(values["momentum"])
-        teacher_probs = self.loss_fn.teacher_probs(teacher_out, values["teacher_temp"])
         self.loss_fn.update_center(teacher_out)
         return StepResult(loss_mean, grad_norm.detach(), teacher_probs, values)
 

@@ -298,6 +298,11 @@ def test_flat_val_without_labels_and_devkit_without_scipy_are_one_line_errors(tm
     assert "holds images but no class folders, and nothing labels them" in lines[0]
     assert "ILSVRC2012_devkit_t12.tar.gz" in lines[0] and "LOC_val_solution.csv" in lines[0]
     write_devkit_tar(src)
+    bad = archives(tmp_path / "tars")
+    data = (bad / "ILSVRC2012_img_val.tar").read_bytes()
+    (bad / "ILSVRC2012_img_val.tar").write_bytes(data[:1000])  # cut inside the first image
+    with pytest.raises(UserError, match=r"ILSVRC2012_img_val.tar is not a readable uncompressed tar: .*truncated"):
+        shard_tree(bad, tmp_path / "out", ShardOptions(workers=1), progress=False)
     monkeypatch.setitem(sys.modules, "scipy.io", None)
     with pytest.raises(UserError, match="needs scipy"):
         shard_tree(src, tmp_path / "out", ShardOptions(workers=1), progress=False)

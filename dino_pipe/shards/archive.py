@@ -4,20 +4,22 @@
   of an inner tar is listed as ``n01440764/<name>`` (its path in the extracted tree).
 * ``ILSVRC2012_img_val.tar``: flat JPEGs.
 
-Both tars are uncompressed, so every image is a contiguous byte range of the outer file: tarfile
-gives each member's data offset (``offset_data``), and an inner tar's member starts at the outer
-data offset of the inner tar plus its own ``offset_data``. The index is built once per run
-(headers only: 512 bytes per member); workers then read each image with one ``os.pread``.
+Both tars are uncompressed, so every image is a contiguous byte range of the outer file: the tar
+header walk (:func:`dino_pipe.shards.tar.read_members`: checksums and bounds checked, GNU long
+names and pax followed) gives each member's data offset, and an inner tar's member starts at the
+outer data offset of the inner tar plus its own offset. The index is built once per run (headers
+only: 512 bytes per member, ~70,000 members/s on one core); workers then read each image with one
+``os.pread``.
 """
 
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dino_pipe.errors import UserError
+from dino_pipe.shards.tar import TarFormatError, TarMember, read_members
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -36,8 +38,8 @@ class ArchiveMember:
 class _Window:
     """A read-only, seekable view of bytes ``[start, start + size)`` of an open file (an inner tar)."""
 
-    def __init__(self, fd: int, start: int, size: int, name: str):
-        self.fd, self.start, self.size, self.name, self.pos = fd, start, size, name, 0
+    def __init__(self, fd: int, start: int, size: int):
+        self.fd, self.start, self.size, self.pos = fd, start, size, 0
 
     def read(self, n: int = -1) -> bytes:
         n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
@@ -74,12 +76,14 @@ def read_member(fd: int, offset: int, size: int) -> bytes:
     return data
 
 
-def _members(fileobj, where: str) -> list[tarfile.TarInfo]:
+def _members(fileobj, size: int, where: str) -> list[TarMember]:
+    """The regular files of the tar ``fileobj`` (``size`` bytes long)."""
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:") as tf:
-            return [m for m in tf.getmembers() if m.isfile()]
-    except (tarfile.TarError, EOFError) as e:
-        raise UserError(f"{where} is not a readable uncompressed tar ({e}); download it again") from None
+        return list(read_members(fileobj, size))
+    except TarFormatError as e:
+        raise UserError(f"{where} is not a readable uncompressed tar: {e}; download it again") from None
+    except OSError as e:
+        raise UserError(f"cannot read {where}: {e.strerror or e}") from None
 
 
 def _open(path: Path):
@@ -92,7 +96,8 @@ def _open(path: Path):
 def index_flat(path: Path) -> list[ArchiveMember]:
     """The regular files of a flat tar (``ILSVRC2012_img_val.tar``), sorted by path."""
     with _open(path) as f:
-        members = [ArchiveMember(m.name, m.offset_data, m.size) for m in _members(f, str(path))]
+        found = _members(f, os.fstat(f.fileno()).st_size, str(path))
+    members = [ArchiveMember(m.name, m.offset, m.size) for m in found]
     return sorted(members, key=lambda m: m.path)
 
 
@@ -102,15 +107,13 @@ def index_nested(path: Path) -> tuple[list[ArchiveMember], list[str]]:
     out: list[ArchiveMember] = []
     classes = []
     with _open(path) as f:
-        for outer in _members(f, str(path)):
+        for outer in _members(f, os.fstat(f.fileno()).st_size, str(path)):
             if not outer.name.endswith(".tar"):
-                out.append(ArchiveMember(outer.name, outer.offset_data, outer.size))
+                out.append(ArchiveMember(outer.name, outer.offset, outer.size))
                 continue
             wnid = outer.name[: -len(".tar")]
             classes.append(wnid)
-            window = _Window(f.fileno(), outer.offset_data, outer.size, f"{path}:{outer.name}")
-            for inner in _members(window, f"{outer.name} in {path}"):
-                if inner.offset_data + inner.size > outer.size:
-                    raise UserError(f"{outer.name} in {path} is truncated; download {path.name} again")
-                out.append(ArchiveMember(f"{wnid}/{inner.name}", outer.offset_data + inner.offset_data, inner.size))
+            window = _Window(f.fileno(), outer.offset, outer.size)
+            for inner in _members(window, outer.size, f"{outer.name} in {path}"):
+                out.append(ArchiveMember(f"{wnid}/{inner.name}", outer.offset + inner.offset, inner.size))
     return sorted(out, key=lambda m: m.path), sorted(classes)

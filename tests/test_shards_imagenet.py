@@ -287,7 +287,12 @@ def test_split_folders_and_lone_classes_are_never_classes(tmp_path):
     write_files(tmp_path / "c" / "ILSVRC" / "Data" / "Other", {"x.JPEG": jpeg(1)})
     write_files(tmp_path / "c" / "ILSVRC" / "ImageSets", {"x.JPEG": jpeg(1)})
     assert "holds the folder 'Data'" in error(tmp_path / "c")
+    write_files(tmp_path / "d" / "train", {"n01440764.tar": b"\0" * 1024, "n01443537.tar": b"\0" * 1024})
+    assert "holds per-class tars (n01440764.tar, ...) and no class folders" in error(tmp_path / "d")
     assert not (tmp_path / "out").exists()
+    write_files(tmp_path / "e" / "val", val_images())  # a flat split folder given as SRC: said so
+    result = shard_tree(tmp_path / "e" / "val", tmp_path / "out", ShardOptions(workers=1), progress=False)
+    assert result["layout"] == "unlabeled" and "looks like a split folder" in result["notes"][0]
 
 
 def test_flat_val_without_labels_and_devkit_without_scipy_are_one_line_errors(tmp_path, monkeypatch):

@@ -74,6 +74,10 @@ def _train_split(root: Path, exclude: frozenset[str]) -> SourceSplit | None:
     folder = root / "train"
     if folder.is_dir():
         if not class_folders(folder, exclude):
+            tars = sorted(folder.glob("n*.tar"))
+            if tars:
+                raise UserError(f"{folder} holds per-class tars ({tars[0].name}, ...) and no class folders: extract "
+                                f"each into {folder}/<wnid>/, or give the folder holding {TRAIN_TAR} (read in place)")
             what = "holds images but no class folders" if walk(folder, None, exclude)[0] else "has no class folders"
             raise UserError(f"{folder} {what} (expected {folder}/<wnid>/<image>, as ImageNet's train set)")
         return folder_split(folder, "train", labeled=True, exclude=exclude)

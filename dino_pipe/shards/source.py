@@ -72,7 +72,10 @@ def _auto(src: Path, exclude: frozenset[str]) -> SourceTree:
         raise UserError(f"{src} holds only the folder {d.relative_to(src)} (one class is not a labelled set); "
                         f"shard {d} itself for an unlabelled set, or add a folder per class")
     if images:
-        return SourceTree([folder_split(src, None, labeled=False, exclude=exclude)], "unlabeled", root=src)
+        split_note = [f"{src} looks like a split folder of a labelled set: sharded without labels (point SRC at the "
+                      "folder that holds it for labels)"] if src.resolve().name in WRAPPER_NAMES else []
+        return SourceTree([folder_split(src, None, labeled=False, exclude=exclude)], "unlabeled", root=src,
+                          notes=split_note)
     wrappers = [x for x in dirs if x in WRAPPER_NAMES]
     if wrappers:
         raise UserError(f"{d} holds the folder '{wrappers[0]}', a download or split folder, not a class "

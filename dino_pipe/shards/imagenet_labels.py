@@ -146,7 +146,8 @@ def find_labels(folders: list[Path], need_val: bool) -> ImageNetLabels:
     if solution is not None:
         labels.val_wnids, labels.val_source = read_solution_csv(solution), str(solution)
         labels.files.append(solution)
-    if labels.names and (labels.val_wnids is not None or not need_val):
+    need_devkit = need_val and labels.val_wnids is None
+    if labels.names and not need_devkit:
         return labels
     try:
         devkit = _devkit_bytes(folders)
@@ -155,10 +156,10 @@ def find_labels(folders: list[Path], need_val: bool) -> ImageNetLabels:
         meta, truth, where, files = devkit
         if not labels.names:
             labels.names = parse_meta(meta, where)[1]
-        if need_val and labels.val_wnids is None and truth is not None:
+        if need_devkit and truth is not None:
             labels.val_wnids, labels.val_source = _val_from_devkit(meta, truth, where), where
     except UserError:
-        if need_val:
+        if need_devkit:
             raise
         return labels
     labels.files += files

@@ -53,13 +53,13 @@ def _entries(d: Path, exclude: frozenset[str]) -> tuple[list[str], bool]:
 def _descend(src: Path, exclude: frozenset[str]) -> tuple[Path, list[str], bool, Path | None]:
     """Go down single-folder wrappers until a layout shows: (folder, its sub-folders, holds images, imagenet root)."""
     d = src
-    for _ in range(MAX_WRAPPERS + 1):
+    for depth in range(MAX_WRAPPERS + 1):
         root = find_imagenet_root(d)
         dirs, images = _entries(d, exclude)
-        if root is not None or images or len(dirs) != 1:
+        if root is not None or images or len(dirs) != 1 or depth == MAX_WRAPPERS:
             return d, dirs, images, root
         d = d / dirs[0]
-    return d, dirs, images, None
+    raise AssertionError("unreachable")
 
 
 def _auto(src: Path, exclude: frozenset[str]) -> SourceTree:
@@ -80,7 +80,8 @@ def _auto(src: Path, exclude: frozenset[str]) -> SourceTree:
     if wrappers:
         raise UserError(f"{d} holds the folder '{wrappers[0]}', a download or split folder, not a class "
                         f"(expected ImageNet's train/ and val/, a Kaggle download or {TRAIN_TAR}); "
-                        "point SRC at the folder that holds train/ and val/")
+                        "point SRC at the folder that holds train/ and val/ (or give --layout imagefolder "
+                        "if it really is a class)")
     if len(dirs) == 1:
         raise UserError(f"{d} holds only the folder {dirs[0]} (one class is not a labelled set); "
                         f"shard {d / dirs[0]} for an unlabelled set, or add a folder per class")

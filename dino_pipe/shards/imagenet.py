@@ -151,7 +151,7 @@ def _val_split(root: Path, train: SourceSplit | None, labels: ImageNetLabels,
         return make_split("val", where, found, ignored, None, [], tree_digest)  # raises: no images
     val_labels, classes = _flat_labels(where, [f[0] for f in found], classes, labels, train is not None)
     return make_split("val", where, found, ignored, val_labels, classes, tree_digest, links,
-                      label_source=labels.val_source, **more)
+                      label_source=os.path.abspath(labels.val_source), **more)
 
 
 def _form(root: Path, src: Path, splits: list[SourceSplit]) -> str:

@@ -5,7 +5,7 @@ Data flow for one split (one shard set)::
     SourceSplit (sorted paths, labels, keys)
       -> plan_shards (seeded shuffle, cut by count/bytes)       fixed list of files per shard
       -> write_shard x N in worker processes                    tar + idx written atomically
-           read file -> prepare_image (validate / convert) -> TarShardWriter -> sha256
+           read file (or its byte range of an archive) -> prepare_image -> TarShardWriter -> sha256
       -> journal line per finished shard                        what a rerun may keep
       -> fsync all shards, then manifest.json (atomic)          the set is complete and durable
       -> journal removed

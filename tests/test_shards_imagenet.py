@@ -207,6 +207,10 @@ def test_kaggle_root_finds_cls_loc_and_skips_test(tmp_path):
     assert result["notes"] == [f"skipped {skipped['path']}: {skipped['reason']}"]
     assert load_manifest(tmp_path / "out" / "val")["skipped_folders"] == result["skipped_folders"]
     assert_true_labels(tmp_path / "out")
+    # SRC inside the download: the label files above it are still found
+    inner = shard_tree(root / "ILSVRC", tmp_path / "out2", ShardOptions(shard_samples=3, workers=1), progress=False)
+    assert inner["form"].startswith("Kaggle download") and set_bytes(tmp_path / "out2" / "val") == set_bytes(
+        tmp_path / "out" / "val")
 
 
 def test_archives_give_the_same_shards_as_the_extracted_tree(tmp_path):

@@ -53,9 +53,14 @@ def find_imagenet_root(d: Path) -> Path | None:
 
 
 def _label_folders(root: Path, src: Path) -> list[Path]:
-    """Where label files may be: ``root`` and each folder above it up to ``src``."""
+    """Where label files may be: ``root`` and each folder above it up to ``src``, and for a Kaggle
+    download's ``ILSVRC/Data/CLS-LOC``, the folder that holds ``ILSVRC`` (even when ``src`` is inside it)."""
     rel = root.relative_to(src)
-    return [root] + [src / p for p in rel.parents]
+    folders = [root] + [src / p for p in rel.parents]
+    top = Path(os.path.abspath(root)).parents[2] if Path(os.path.abspath(root)).match(KAGGLE_PATHS[0]) else None
+    if top is not None and all(os.path.abspath(f) != str(top) for f in folders):
+        folders.append(top)
+    return folders
 
 
 def _skipped_tests(root: Path, src: Path) -> list[dict]:
@@ -111,7 +116,7 @@ def _flat_labels(where: Path, files: list[str], classes: list[str] | None, label
     if labels.val_wnids is None:
         raise UserError(
             f"{where} holds images but no class folders, and nothing labels them: put {LABEL_FILES} "
-            f"beside it (in {where.parent}), or sort the images into <wnid>/ folders"
+            f"in {where.parent} (or a folder above it), or sort the images into <wnid>/ folders"
         )
     wnids = [labels.val_wnids.get(PurePosixPath(f).stem) for f in files]
     missing = [f for f, w in zip(files, wnids) if w is None]

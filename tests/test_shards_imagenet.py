@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,11 @@ def test_archives_give_the_same_shards_as_the_extracted_tree(tmp_path):
         for key in ("classes", "class_names", "num_samples", "shards", "converted_files", "skipped"):
             assert a[key] == b[key]
     assert_true_labels(tmp_path / "b")
+    (tmp_path / "tars" / "ILSVRC2012_img_train.tar").rename(tmp_path / "train.tar")  # val alone: the devkit's classes
+    alone = shard_tree(tmp_path / "tars", tmp_path / "c", options, progress=False)
+    assert [s["split"] for s in alone["sets"]] == ["val"] and set_bytes(tmp_path / "c" / "val") == set_bytes(
+        tmp_path / "a" / "val")
+    (tmp_path / "train.tar").rename(tmp_path / "tars" / "ILSVRC2012_img_train.tar")
     again = shard_tree(tmp_path / "tars", tmp_path / "b", options, progress=False)
     assert [s["status"] for s in again["sets"]] == ["up to date", "up to date"]
 
@@ -312,6 +318,9 @@ def test_flat_val_without_labels_and_devkit_without_scipy_are_one_line_errors(tm
     (bad / "ILSVRC2012_img_val.tar").write_bytes(data[:1000])  # cut inside the first image
     with pytest.raises(UserError, match=r"ILSVRC2012_img_val.tar is not a readable uncompressed tar: .*truncated"):
         shard_tree(bad, tmp_path / "out", ShardOptions(workers=1), progress=False)
+    shutil.rmtree(src / "train" / WNIDS[2])  # val images of a class train does not have
+    with pytest.raises(UserError, match=f"class {WNIDS[2]} .* is not a class of the train split"):
+        shard_tree(src, tmp_path / "out", ShardOptions(workers=1), progress=False)
     monkeypatch.setitem(sys.modules, "scipy.io", None)
     with pytest.raises(UserError, match="needs scipy"):
         shard_tree(src, tmp_path / "out", ShardOptions(workers=1), progress=False)

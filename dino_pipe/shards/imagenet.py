@@ -110,9 +110,10 @@ def _val_is_flat(root: Path, exclude: frozenset[str]) -> bool:
     return (root / VAL_TAR).is_file()
 
 
-def _flat_labels(where: Path, files: list[str], classes: list[str] | None, labels: ImageNetLabels,
-                 from_train: bool) -> tuple[list[int], list[str]]:
-    """Labels of flat validation images (by file stem) and the class list; one-line errors otherwise."""
+def _flat_labels(where: Path, files: list[str], classes: list[str] | None,
+                 labels: ImageNetLabels) -> tuple[list[int], list[str]]:
+    """Labels of flat validation images (by file stem) and the class list (``classes``: train's; None:
+    every wnid of the label file); one-line errors otherwise."""
     if labels.val_wnids is None:
         raise UserError(
             f"{where} holds images but no class folders, and nothing labels them: put {LABEL_FILES} "
@@ -126,7 +127,7 @@ def _flat_labels(where: Path, files: list[str], classes: list[str] | None, label
     classes = classes if classes is not None else sorted(set(labels.val_wnids.values()))
     label_of = {c: i for i, c in enumerate(classes)}
     unknown = [w for w in wnids if w not in label_of]
-    if unknown and from_train:
+    if unknown:
         raise UserError(f"{where}: class {unknown[0]} (from {labels.val_source}) is not a class of the train split "
                         f"({len(unknown)} such images)")
     return [label_of[w] for w in wnids], classes
@@ -154,7 +155,7 @@ def _val_split(root: Path, train: SourceSplit | None, labels: ImageNetLabels,
         return None
     if not found:
         return make_split("val", where, found, ignored, None, [], tree_digest)  # raises: no images
-    val_labels, classes = _flat_labels(where, [f[0] for f in found], classes, labels, train is not None)
+    val_labels, classes = _flat_labels(where, [f[0] for f in found], classes, labels)
     return make_split("val", where, found, ignored, val_labels, classes, tree_digest, links,
                       label_source=os.path.abspath(labels.val_source), **more)
 

@@ -180,7 +180,8 @@ def shard_cmd(
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
     n_classes = result["sets"][0]["num_classes"]
     labels = f"{n_classes} classes" if n_classes else "no labels"
-    table = Table(title=f"{result['source']} -> {result['out']} ({result['layout']}, {labels})", box=box.SIMPLE_HEAD)
+    layout = result["layout"] + (f": {result['form']}" if result.get("form") not in (None, "folders") else "")
+    table = Table(title=f"{result['source']} -> {result['out']} ({layout}, {labels})", box=box.SIMPLE_HEAD)
     for col in ("set", "samples", "shards", "MB", "converted", "skipped", "img/s", "status"):
         table.add_column(col, justify="left" if col in ("set", "status") else "right", no_wrap=col == "status")
     for s in result["sets"]:
@@ -188,7 +189,12 @@ def shard_cmd(
         table.add_row(s["split"], f"{s['num_samples']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:,.1f}",
                       str(s["converted"]), str(s["skipped"]), rate, s["status"])
     out.print(table)
+    for note in result.get("notes", []):
+        out.print(note, markup=False)
     for s in result["sets"]:
+        if s["converted"]:
+            out.print(f"{s['split']}: converted {s['converted']} image(s) to RGB JPEG; paths and reasons are under "
+                      f"'converted_files' in {s['out']}/manifest.json")
         if s["ignored"]:
             out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
         if s.get("skipped_links"):

@@ -1,6 +1,9 @@
 """The shards package: image trees -> validated, deterministic WebDataset shard sets, and their check.
 
-* :mod:`~dino_pipe.shards.layout` walks a source tree (ImageNet, ImageFolder, unlabeled).
+* :mod:`~dino_pipe.shards.source` recognises what SRC is (ImageNet in any form, ImageFolder, unlabeled);
+  :mod:`~dino_pipe.shards.layout` walks folders, :mod:`~dino_pipe.shards.imagenet` builds ImageNet's
+  splits (labels from :mod:`~dino_pipe.shards.imagenet_labels`, archives read in place by
+  :mod:`~dino_pipe.shards.archive`).
 * :mod:`~dino_pipe.shards.image` validates / normalizes one image (original JPEG bytes or RGB JPEG).
 * :mod:`~dino_pipe.shards.plan` shuffles samples into shards with a seed.
 * :mod:`~dino_pipe.shards.tar` and :mod:`~dino_pipe.shards.index` write the tar and DALI ``.idx``.

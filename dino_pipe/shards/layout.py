@@ -1,16 +1,18 @@
-"""Walking source trees: which files are images, which class each belongs to, and its sample key.
+"""Walking source folders: which files are images, which class each belongs to, and its sample key.
 
-Three layouts (``layout="auto"`` picks the first that fits):
+The layouts (``layout="auto"`` picks one, see :mod:`dino_pipe.shards.source`):
 
-* ``imagenet``: ``SRC/train/<class>/...`` and optionally ``SRC/val/<class>/...``; two splits that
-  share the class -> label mapping taken from ``train`` (``val`` may lack classes, not add them).
+* ``imagenet``: ``SRC/train/<class>/...`` and optionally ``SRC/val/...``; two splits that share the
+  class -> label mapping taken from ``train`` (``val`` may lack classes, not add them). ImageNet's own
+  forms (flat ``val`` + devkit, a Kaggle download, the archives) are in :mod:`dino_pipe.shards.imagenet`.
 * ``imagefolder``: ``SRC/<class>/...`` (torchvision ``ImageFolder``): labels are the positions of
   the sorted class folder names; files below a class folder at any depth belong to it.
 * ``unlabeled``: images anywhere under ``SRC`` (auto picks it when ``SRC`` itself holds images).
 
 Hidden folders are not entered; hidden files (``.DS_Store``, ``._x.jpg``) and files whose
 extension is not an image extension are *ignored* and counted. Paths are sorted, so everything
-downstream is a deterministic function of the tree.
+downstream is a deterministic function of the tree. Folders in ``exclude`` (the output folder when
+it lies inside ``SRC``) are not entered.
 
 Symbolic links are followed when they stay inside the source tree; a link that leads outside it,
 loops (to itself, or to a folder it sits in), is skipped and listed with the reason
@@ -49,12 +51,17 @@ class SourceSplit:
     digest: str  # sha256 over (path, size, mtime) of every image: "has the tree changed?"
     keys: list[str] = field(default_factory=list)
     skipped_links: list[dict] = field(default_factory=list)  # [{path, reason}]: links not followed
+    class_names: list[str | None] | None = None  # human names in label order (None: unknown)
+    archive: str | None = None  # files are members of this uncompressed tar ...
+    offsets: list[int] | None = None  # ... whose bytes start at these offsets (None: files under root)
+    label_source: str | None = None  # the file that labels a flat split (devkit, Kaggle CSV)
+    skipped_folders: list[dict] = field(default_factory=list)  # [{path, reason}]: source folders not used
 
     def __len__(self) -> int:
         return len(self.files)
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -76,11 +83,12 @@ def _link_problem(entry: os.DirEntry, real_root: str, ancestors: tuple[str, ...]
     return None
 
 
-def _walk(root: Path, links: list[dict] | None = None) -> tuple[list[tuple[str, int, int]], int]:
+def walk(root: Path, links: list[dict] | None = None,
+         exclude: frozenset[str] = frozenset()) -> tuple[list[tuple[str, int, int]], int]:
     """All image files under ``root`` as (relative posix path, size, mtime_ns), and the ignored count.
 
     Symlinks that leave ``root`` or loop are not followed; ``links`` (when given) gets
-    ``{path, reason}`` for each."""
+    ``{path, reason}`` for each. Folders whose real path is in ``exclude`` are not entered."""
     found: list[tuple[str, int, int]] = []
     ignored = 0
     real_root = os.path.realpath(root)
@@ -99,10 +107,10 @@ def _walk(root: Path, links: list[dict] | None = None) -> tuple[list[tuple[str, 
                     links.append({"path": path, "reason": problem})
                 continue
             if entry.is_dir(follow_symlinks=True):
-                if not hidden:
+                if not hidden and not (exclude and os.path.realpath(entry.path) in exclude):
                     stack.append((Path(entry.path), path + "/", (*ancestors, os.path.realpath(entry.path))))
                 continue
-            if hidden or not _is_image(entry.name):
+            if hidden or not is_image(entry.name):
                 ignored += 1
                 continue
             try:
@@ -115,24 +123,35 @@ def _walk(root: Path, links: list[dict] | None = None) -> tuple[list[tuple[str, 
     return found, ignored
 
 
-def _digest(found: list[tuple[str, int, int]]) -> str:
+def digest(found: list[tuple[str, int, int]], extra: list[tuple[str, int, int]] = ()) -> str:
+    """sha256 over (path, size, mtime) of every listed file (and of ``extra``: label files, archives)."""
     h = hashlib.sha256()
-    for path, size, mtime in found:
+    for path, size, mtime in [*found, *extra]:
         h.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
-def class_folders(root: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-folders of ``root`` (torchvision ``find_classes``)."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith("."))
+def class_folders(root: Path, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``root`` (torchvision ``find_classes``), but ``exclude``."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise UserError(f"cannot list {root}: {e.strerror}; check its permissions") from None
+    return sorted(
+        e.name for e in entries if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")
+        and not (exclude and os.path.realpath(e.path) in exclude)
+    )
 
 
-def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | None = None) -> SourceSplit:
+def folder_split(root: Path, name: str | None, labeled: bool, classes: list[str] | None = None,
+                 exclude: frozenset[str] = frozenset()) -> SourceSplit:
+    """The split of the folder ``root``: labelled by class folder (``classes``: the label order, default
+    ``root``'s own class folders) or unlabelled."""
     links: list[dict] = []
-    found, ignored = _walk(root, links)
+    found, ignored = walk(root, links, exclude)
     labels = None
     if labeled:
-        own = class_folders(root)
+        own = class_folders(root, exclude)
         classes = own if classes is None else classes
         unknown = [c for c in own if c not in classes]
         if unknown:
@@ -144,6 +163,13 @@ def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | Non
         ignored += len(found) - len(kept)  # images directly in root have no class
         found = kept
         labels = [label_of[f[0].split("/", 1)[0]] for f in found]
+    return make_split(name, root, found, ignored, labels, list(classes or []), digest(found), links)
+
+
+def make_split(name: str | None, root: Path, found: list[tuple[str, int, int]], ignored: int,
+               labels: list[int] | None, classes: list[str], tree_digest: str, links: list[dict] | None = None,
+               **extra) -> SourceSplit:
+    """A :class:`SourceSplit` from a sorted listing ``(path, size, _)``; UserError when it is empty."""
     if not found:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise UserError(f"no images found under {root} (looked for {exts})")
@@ -153,59 +179,14 @@ def _split(root: Path, name: str | None, labeled: bool, classes: list[str] | Non
         files=[f[0] for f in found],
         sizes=[f[1] for f in found],
         labels=labels,
-        classes=list(classes or []),
+        classes=classes,
         ignored=ignored,
-        digest=_digest(found),
-        skipped_links=sorted(links, key=lambda x: x["path"]),
+        digest=tree_digest,
+        skipped_links=sorted(links or [], key=lambda x: x["path"]),
+        **extra,
     )
     split.keys = make_keys(split.files)
     return split
-
-
-def detect_layout(src: Path) -> str:
-    if (src / "train").is_dir():
-        return "imagenet"
-    entries = list(os.scandir(src))
-    if any(e.is_file() and not e.name.startswith(".") and _is_image(e.name) for e in entries):
-        return "unlabeled"
-    if any(e.is_dir() and not e.name.startswith(".") for e in entries):
-        return "imagefolder"
-    raise UserError(f"no images found in {src} (expected train/<class>/..., <class>/... or image files)")
-
-
-def find_splits(src: str | os.PathLike, layout: str = "auto") -> list[SourceSplit]:
-    """Walk ``src`` and return its splits (``[train, val]``, ``[train]`` or ``[one split]``)."""
-    src = Path(src)
-    if not src.exists():
-        raise UserError(f"source folder {src} does not exist")
-    if not src.is_dir():
-        raise UserError(f"source {src} is not a folder (give the root of an image tree)")
-    if layout not in LAYOUTS:
-        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got '{layout}'")
-    if layout == "auto":
-        layout = detect_layout(src)
-    if layout == "unlabeled":
-        return [_split(src, None, labeled=False)]
-    if layout == "imagefolder":
-        if not class_folders(src):
-            raise UserError(f"{src} has no class folders (expected {src}/<class>/<image>)")
-        return [_split(src, None, labeled=True)]
-    train_root = src / "train"
-    if not train_root.is_dir():
-        raise UserError(f"{src} has no train/ folder (expected {src}/train/<class>/<image>)")
-    if not class_folders(train_root):
-        raise UserError(f"{train_root} has no class folders (expected {train_root}/<class>/<image>)")
-    train = _split(train_root, "train", labeled=True)
-    splits = [train]
-    val_root = src / "val"
-    if val_root.is_dir():
-        if not class_folders(val_root) and _walk(val_root)[0]:
-            raise UserError(
-                f"{val_root} holds images but no class folders; sort them into {val_root}/<class>/ "
-                "(as for ImageNet's validation set) or move them out"
-            )
-        splits.append(_split(val_root, "val", labeled=True, classes=train.classes))
-    return splits
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -9,12 +9,18 @@ Keys (version 1)::
     skipped: [{path, reason}]       ignored: int (non-image files)
     skipped_links: [{path, reason}] (symlinks not followed: leaving the tree or looping)
     converted: int                  conversions: {reason: count}
+    converted_files: [{path, reason}] (each re-encoded image and why)
+    class_names: [human names in label order] | null   (ImageNet: from the devkit or LOC_synset_mapping.txt)
+    label_source: str | null        (the file that labels a flat split: devkit, LOC_val_solution.csv)
+    skipped_folders: [{path, reason}] (source folders not sharded, e.g. ImageNet's unlabelled test/)
     options: {...all options used}  source: absolute SRC    source_files: int
     fingerprint: str (source tree + output-affecting options + version)
     dino_pipe_version: str
 
 The data package needs only ``num_samples``, ``classes``, ``labeled`` and ``shards``; anything that
-writes those (e.g. ``tests/conftest.py::write_minimal_shardset``) is a valid shard set.
+writes those (e.g. ``tests/conftest.py::write_minimal_shardset``) is a valid shard set. Keys added
+later (``converted_files``, ``class_names``, ``label_source``, ``skipped_folders``) are optional: older
+manifests without them stay valid.
 """
 
 from __future__ import annotations
@@ -103,9 +109,10 @@ def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptio
     from dino_pipe.shards.options import default_workers
 
     conversions: dict[str, int] = {}
-    skipped = []
+    skipped, converted = [], []
     for r in records:
         skipped += r["skipped"]
+        converted += r.get("converted", [])
         for k, v in r["conversions"].items():
             conversions[k] = conversions.get(k, 0) + v
     shards = [
@@ -119,6 +126,7 @@ def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptio
         "split": split.name,
         "num_samples": sum(s["samples"] for s in shards),
         "classes": split.classes,
+        "class_names": split.class_names,
         "labeled": split.labels is not None,
         "shards": shards,
         "skipped": sorted(skipped, key=lambda s: s["path"]),
@@ -126,6 +134,9 @@ def build_manifest(split: SourceSplit, source: str, fp: str, options: ShardOptio
         "skipped_links": split.skipped_links,
         "converted": sum(conversions.values()),
         "conversions": dict(sorted(conversions.items())),
+        "converted_files": sorted(converted, key=lambda c: c["path"]),
+        "label_source": split.label_source,
+        "skipped_folders": split.skipped_folders,
         "options": {**options.output_options(), "workers": options.workers or default_workers()},
         "source": source,
         "source_files": len(split),

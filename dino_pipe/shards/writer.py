@@ -5,7 +5,7 @@ Data flow for one split (one shard set)::
     SourceSplit (sorted paths, labels, keys)
       -> plan_shards (seeded shuffle, cut by count/bytes)       fixed list of files per shard
       -> write_shard x N in worker processes                    tar + idx written atomically
-           read file -> prepare_image (validate / convert) -> TarShardWriter -> sha256
+           read file (or its byte range of an archive) -> prepare_image -> TarShardWriter -> sha256
       -> journal line per finished shard                        what a rerun may keep
       -> fsync all shards, then manifest.json (atomic)          the set is complete and durable
       -> journal removed
@@ -29,14 +29,16 @@ from dino_pipe import __version__
 from dino_pipe.atomic import atomic_open
 from dino_pipe.errors import UserError
 from dino_pipe.shards import journal
+from dino_pipe.shards.archive import read_member
 from dino_pipe.shards.image import UnreadableImage, prepare_image
 from dino_pipe.shards.index import format_index, group_samples
-from dino_pipe.shards.layout import SourceSplit, find_splits
+from dino_pipe.shards.layout import SourceSplit
 from dino_pipe.shards.manifest import build_manifest, save_manifest
 from dino_pipe.shards.options import ShardOptions, default_workers
 from dino_pipe.shards.outdir import OutputState, check_creatable, fingerprint, inspect_output, prepare_output
 from dino_pipe.shards.plan import plan_shards
 from dino_pipe.shards.pool import WorkerPool, report_to_counter
+from dino_pipe.shards.source import SourceTree, find_source
 from dino_pipe.shards.tar import TarShardWriter
 from dino_pipe.storage.url import is_remote, refuse_url
 
@@ -47,7 +49,8 @@ class ShardTask:
 
     folder: str
     number: int
-    items: list[tuple[str, str, str, int | None]]  # (file to read, path to report, key, label)
+    # (what to read: a file path or (archive, offset, size), path to report, key, label)
+    items: list[tuple[str | tuple[str, int, int], str, str, int | None]]
     quality: int
     max_side: int | None
     check: str = "structure"
@@ -73,6 +76,26 @@ class _EmptyShard(Exception):
     pass
 
 
+class _Reader:
+    """Reads a task's sources: whole files, or byte ranges of archives (each archive opened once)."""
+
+    def __init__(self):
+        self.fds: dict[str, int] = {}
+
+    def read(self, source: str | tuple[str, int, int]) -> bytes:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                return f.read()
+        archive, offset, size = source
+        if archive not in self.fds:
+            self.fds[archive] = os.open(archive, os.O_RDONLY)
+        return read_member(self.fds[archive], offset, size)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
 def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict:
     """Write ``shard-NNNNNN.tar`` and ``.idx`` for ``task`` (atomically); return its journal record."""
     report = report or report_to_counter
@@ -80,15 +103,15 @@ def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
     tar_name, idx_name = shard_names(task.number)
     skipped: list[dict] = []
     conversions: dict[str, int] = {}
+    converted: list[dict] = []
+    reader = _Reader()
     try:
         with atomic_open(folder / tar_name, "wb", fsync=False) as f:  # made durable before the manifest
             sink = _HashingWriter(f)
             tar = TarShardWriter(sink)
-            for path, shown, key, label in task.items:
+            for source, shown, key, label in task.items:
                 try:
-                    with open(path, "rb") as src:
-                        data = src.read()
-                    image = prepare_image(data, task.quality, task.max_side, task.check)
+                    image = prepare_image(reader.read(source), task.quality, task.max_side, task.check)
                 except UnreadableImage as e:
                     skipped.append({"path": shown, "reason": str(e)})
                 except OSError as e:
@@ -99,20 +122,23 @@ def write_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
                         tar.add(f"{key}.cls", str(label).encode("ascii"))
                     if image.conversion:
                         conversions[image.conversion] = conversions.get(image.conversion, 0) + 1
+                        converted.append({"path": shown, "reason": image.conversion})
                 report(1)
             if not tar.members:
                 raise _EmptyShard
             size = tar.close()
     except _EmptyShard:
         return {"shard": task.number, "file": None, "index": None, "samples": 0, "bytes": 0, "sha256": None,
-                "index_sha256": None, "skipped": skipped, "conversions": conversions}
+                "index_sha256": None, "skipped": skipped, "conversions": conversions, "converted": converted}
+    finally:
+        reader.close()
     samples = group_samples(tar.members)
     index_text = format_index(samples)
     with atomic_open(folder / idx_name, "w", fsync=False) as f:
         f.write(index_text)
     return {"shard": task.number, "file": tar_name, "index": idx_name, "samples": len(samples), "bytes": size,
             "sha256": sink.sha.hexdigest(), "index_sha256": hashlib.sha256(index_text.encode()).hexdigest(),
-            "skipped": skipped, "conversions": conversions}
+            "skipped": skipped, "conversions": conversions, "converted": converted}
 
 
 # ---------------------------------------------------------------- one split -> one shard set
@@ -156,7 +182,7 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
     def tasks() -> Iterator[ShardTask]:  # built lazily: one shard's file list at a time
         for number in todo:
-            items = [(str(split.root / split.files[i]), _shown(split, i), split.keys[i],
+            items = [(_source(split, i), _shown(split, i), split.keys[i],
                       split.labels[i] if split.labels is not None else None) for i in plan[number]]
             yield ShardTask(str(folder), number, items, options.quality, options.max_side, options.check)
 
@@ -212,6 +238,13 @@ def make_durable(folder: Path, names: list[str]) -> None:
         os.close(fd)
 
 
+def _source(split: SourceSplit, i: int) -> str | tuple[str, int, int]:
+    """What a worker reads for sample ``i``: its file, or its byte range in the split's archive."""
+    if split.offsets is not None:
+        return split.archive, split.offsets[i], split.sizes[i]
+    return str(split.root / split.files[i])
+
+
 def _shown(split: SourceSplit, i: int) -> str:
     return f"{split.name}/{split.files[i]}" if split.name else split.files[i]
 
@@ -243,7 +276,8 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
     """``dino-pipe shard``: image tree ``src`` -> shard set(s) under ``out`` (see the module docstring).
 
     Default ``out``: ``shards/<name of src>``. ImageNet-style trees give ``out/train`` and
-    ``out/val``. Returns ``{"source", "out", "layout", "sets": [summary per set]}``.
+    ``out/val``. An ``out`` inside ``src`` is not read as source. Returns ``{"source", "out", "layout",
+    "form", "notes": [one line each], "skipped_folders": [{path, reason}], "sets": [summary per set]}``.
     """
     options = options or ShardOptions()
     options.validate()
@@ -255,7 +289,9 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
     if src_path.exists() and out_path.resolve() == src_path.resolve():
         raise UserError(f"--out {out_path} is the source folder itself; choose another folder")
     check_creatable(out_path)
-    splits = find_splits(src_path, options.layout)
+    exclude, notes = _exclude_out(src_path, out_path)
+    tree = find_source(src_path, options.layout, exclude)
+    splits = tree.splits
     source = str(src_path.resolve())
     jobs = []
     for split in splits:  # check every output folder before writing anything
@@ -265,13 +301,24 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
     sets = [
         write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs
     ]
-    return {"source": source, "out": str(out_path), "layout": _layout_name(options, splits), "sets": sets}
+    return _result(source, str(out_path), tree, notes, sets)
 
 
-def _layout_name(options: ShardOptions, splits: list[SourceSplit]) -> str:
-    if options.layout != "auto":
-        return options.layout
-    return "imagenet" if splits[0].name else ("imagefolder" if splits[0].labels is not None else "unlabeled")
+def _exclude_out(src: Path, out: Path) -> tuple[frozenset[str], list[str]]:
+    """The output folder when it lies inside ``src`` (not read as source), and the line saying so."""
+    if not src.is_dir():
+        return frozenset(), []
+    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
+    if os.path.commonpath([real_src, real_out]) != real_src:
+        return frozenset(), []
+    note = [f"not reading {out} as source: it is the output folder, inside {src}"] if out.exists() else []
+    return frozenset({real_out}), note
+
+
+def _result(source: str, out: str, tree: SourceTree, notes: list[str], sets: list[dict]) -> dict:
+    skipped = tree.splits[0].skipped_folders
+    return {"source": source, "out": out, "layout": tree.layout, "form": tree.form, "notes": notes + tree.notes,
+            "skipped_folders": skipped, "sets": sets}
 
 
 def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force: bool, progress: bool) -> dict:
@@ -287,7 +334,8 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
 
     url = parse_s3(out)
     store = open_store(url)  # fails early (credentials, bucket, endpoint) before walking the tree
-    splits = find_splits(src_path, options.layout)
+    tree = find_source(src_path, options.layout)
+    splits = tree.splits
     source = str(src_path.resolve())
     staging_root = CacheSettings.resolve().folder / "staging"
     try:
@@ -311,7 +359,7 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.close()
-    return {"source": source, "out": str(url), "layout": _layout_name(options, splits), "sets": sets}
+    return _result(source, str(url), tree, [], sets)
 
 
 def _remove_stale_staging(root: Path) -> None:

@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""Benchmark ``dino-pipe shard`` against a straightforward ``webdataset.ShardWriter`` loop.
+"""Benchmark ``dino-pipe shard`` side by side with two baselines, and break down where its time goes.
 
-Builds (or takes, ``--src``) an ImageNet-like tree ``train/<class>/<n>.JPEG`` of ~400x350 JPEG
-crops of the photos scikit-image / scikit-learn ship (30-60 KB each), then, for several rounds,
-shards it with
+Builds (or takes, ``--src``) an ImageNet-like tree ``train/<class>/<n>.JPEG`` of JPEGs of ImageNet's
+average size (500x375, quality 90, smooth multi-scale noise so the files weigh ~110 KB like photos;
+deterministic), then, for several rounds (order rotated each round), packs it with
 
-* **baseline**: one process; for each file: read, full PIL decode (``Image.open(...).convert("RGB")``)
-  as validation, ``ShardWriter.write({"__key__", "jpg", "cls"})`` (1000 samples / 128 MB shards);
-* **dino-pipe**: ``shard_tree`` with all cores (same limits), ``--check structure`` (default) or
-  ``--check decode`` (also a 1/8-scale decode of every kept JPEG).
+* **dino-pipe**: ``shard_tree`` (what ``dino-pipe shard`` calls), all cores, ``--check structure``
+  (default) or ``--check decode``;
+* **wds+verify**: one process; for each file: read, PIL ``Image.open(...).verify()``,
+  ``webdataset.ShardWriter.write({"__key__", "jpg", "cls"})`` (1000 samples / 128 MB shards);
+* **tar**: GNU ``tar -cf`` of the tree (no validation, no index, no checksum, no fsync).
 
-and prints images/s per round, the medians and their ratio. The machine's load average is printed
-with every round (other processes share the CPU and lower the parallel speed-up).
+Each run's wall seconds and CPU seconds (this process + its children) are divided by the images
+written; the medians over rounds and their ratios are printed. The machine's load average is printed
+with every run: other processes share the CPU, so compare the ratios of side-by-side rounds.
 
-    python tools/bench_shard.py [--images 4000] [--rounds 3] [--workers 0] [--check structure] [--json out.json]
+Then ``--breakdown N`` images are put through each stage of the writer alone, in this process
+(read, structural check, sha256, tar write, index, one fsync per shard, the worker pool's overhead),
+plus the optional checks (1/8-scale decode, the cut-scan probe, PIL verify, a full decode), in CPU
+milliseconds per image.
+
+    python tools/bench_shard.py [--images 3000] [--rounds 5] [--workers 0] [--check structure] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,19 +31,25 @@ from pathlib import Path as _Path
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
 from install_hint import needs_install, require  # noqa: E402
 
-require('numpy', 'PIL', 'webdataset', 'skimage', 'sklearn', extras='sample')
+require('numpy', 'PIL', 'webdataset', extras='sample')
 
 import argparse
+import functools
+import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -44,7 +57,38 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dino_pipe.sample_data import write_photo_tree  # noqa: E402
+WIDTH, HEIGHT, QUALITY, CLASSES = 500, 375, 90, 10
+
+
+# ---------------------------------------------------------------- the image tree
+
+
+def make_image(i: int) -> bytes:
+    """Image ``i`` of the set: smooth noise at three scales plus grain, JPEG quality 90 (~90-130 KB)."""
+    rng = np.random.default_rng(i)
+    acc = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    for cells, weight in ((4, 1.0), (16, 0.5), (64, 0.25)):
+        small = rng.integers(0, 256, (max(2, cells * HEIGHT // WIDTH), cells, 3), dtype=np.uint8)
+        acc += weight * np.asarray(Image.fromarray(small).resize((WIDTH, HEIGHT), Image.BICUBIC), np.float32)
+    grain = rng.normal(0, 20 + (i % 13), (HEIGHT, WIDTH, 3)).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(acc / 1.75 + grain, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=QUALITY)
+    return buf.getvalue()
+
+
+def _write_one(args: tuple[Path, int]) -> None:
+    root, i = args
+    path = root / "train" / f"c{i % CLASSES:02d}" / f"{i:06d}.JPEG"
+    path.write_bytes(make_image(i))
+
+
+def write_tree(root: Path, n: int) -> Path:
+    """``root/train/cNN/NNNNNN.JPEG`` for images 0..n-1 (same bytes on every run)."""
+    for c in range(CLASSES):
+        (root / "train" / f"c{c:02d}").mkdir(parents=True, exist_ok=True)
+    with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        pool.map(_write_one, [(root, i) for i in range(n)], chunksize=32)
+    return root
 
 
 def list_tree(src: Path) -> list[tuple[Path, int]]:
@@ -56,8 +100,18 @@ def list_tree(src: Path) -> list[tuple[Path, int]]:
     return files
 
 
-def run_baseline(src: Path, out: Path, seed: int = 0) -> int:
-    """The straightforward loop: read, full decode, ShardWriter.write; returns images written."""
+# ---------------------------------------------------------------- the three contenders
+
+
+def run_dino_pipe(src: Path, out: Path, workers: int, check: str) -> int:
+    from dino_pipe.shards.writer import ShardOptions, shard_tree
+
+    result = shard_tree(src, out, ShardOptions(workers=workers, check=check), progress=False)
+    return sum(s["num_samples"] for s in result["sets"])
+
+
+def run_wds_verify(src: Path, out: Path, seed: int = 0) -> int:
+    """The usual loop: read, PIL verify(), ShardWriter.write; returns images written."""
     import webdataset as wds
 
     files = list_tree(src)
@@ -68,7 +122,7 @@ def run_baseline(src: Path, out: Path, seed: int = 0) -> int:
         for path, label in files:
             data = path.read_bytes()
             try:
-                Image.open(io.BytesIO(data)).convert("RGB")
+                Image.open(io.BytesIO(data)).verify()
             except Exception:
                 continue
             sink.write({"__key__": f"{path.parent.name}__{path.stem}", "jpg": data, "cls": label})
@@ -76,76 +130,154 @@ def run_baseline(src: Path, out: Path, seed: int = 0) -> int:
     return written
 
 
-def run_dino_pipe(src: Path, out: Path, workers: int, check: str = "structure") -> int:
-    from dino_pipe.shards.writer import ShardOptions, shard_tree
+def run_tar(src: Path, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-cf", str(out / "all.tar"), "-C", str(src), "train"], check=True)
+    return len(list_tree(src))
 
-    result = shard_tree(src, out, ShardOptions(workers=workers, check=check), progress=False)
-    return sum(s["num_samples"] for s in result["sets"])
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process plus its finished children (worker pools, tar)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """(images, wall s, CPU s) of one run."""
+    c, t = cpu_seconds(), time.perf_counter()
+    n = fn()
+    return n, time.perf_counter() - t, cpu_seconds() - c
+
+
+def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str) -> dict:
+    """Run the three contenders ``rounds`` times (rotating their order); per run ms per image."""
+    runners = {
+        "dino_pipe": lambda out: run_dino_pipe(src, out, workers, check),
+        "wds_verify": lambda out: run_wds_verify(src, out),
+        "tar": lambda out: run_tar(src, out),
+    }
+    names = list(runners)
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names[r % 3:] + names[: r % 3]:
+            out = tmp / f"out_{name}_{r}"
+            load = os.getloadavg()[0]
+            n, wall, cpu = timed(functools.partial(runners[name], out))
+            runs[name].append({"images": n, "wall_ms_per_image": 1e3 * wall / n, "cpu_ms_per_image": 1e3 * cpu / n,
+                               "load_avg_before": load})
+            print(f"round {r}: {name:10s} {n} images {wall:6.2f} s wall = {1e3 * wall / n:.3f} ms/img, "
+                  f"{1e3 * cpu / n:.3f} CPU ms/img   (load avg before: {load:.2f})", flush=True)
+            shutil.rmtree(out)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_ms_per_image", "cpu_ms_per_image")}
+           for k, v in runs.items()}
+    ratios = {}
+    for base in ("wds_verify", "tar"):
+        for m in ("wall_ms_per_image", "cpu_ms_per_image"):
+            # speed of dino-pipe relative to the baseline, per round then median (> 1: dino-pipe faster)
+            per_round = [b[m] / d[m] for b, d in zip(runs[base], runs["dino_pipe"])]
+            ratios[f"vs_{base}_{m.split('_')[0]}"] = statistics.median(per_round)
+    return {"runs": runs, "median": med, "speed_ratio": ratios}
+
+
+# ---------------------------------------------------------------- where dino-pipe's time goes
+
+
+def _per_image(fn: Callable[[], None], n: int) -> float:
+    """CPU ms per image of ``fn`` (which processes ``n`` images)."""
+    c = time.process_time()
+    fn()
+    return 1e3 * (time.process_time() - c) / n
+
+
+def breakdown(src: Path, tmp: Path, n: int, workers: int) -> dict:
+    """CPU ms per image of each stage of writing a shard, on the first ``n`` files, in this process."""
+    from dino_pipe.shards import image as image_mod
+    from dino_pipe.shards.jpeg import inspect_jpeg
+    from dino_pipe.shards.tar import TarShardWriter
+    from dino_pipe.shards.writer import ShardTask, write_shard
+
+    files = [p for p, _ in list_tree(src)][:n]
+    datas = [p.read_bytes() for p in files]
+    out = tmp / "stages"
+    out.mkdir()
+    stages: dict[str, float] = {}
+    stages["read file"] = _per_image(lambda: [p.read_bytes() for p in files], n)
+    stages["structural check (inspect_jpeg)"] = _per_image(lambda: [inspect_jpeg(d) for d in datas], n)
+    stages["prepare_image(check=structure)"] = _per_image(lambda: [image_mod.prepare_image(d) for d in datas], n)
+    stages["sha256"] = _per_image(lambda: [hashlib.sha256(d).digest() for d in datas], n)
+
+    def tar_write(fsync: bool) -> None:
+        with open(out / "t.tar", "wb") as f:
+            w = TarShardWriter(f)
+            for i, d in enumerate(datas):
+                w.add(f"k{i}.jpg", d)
+                w.add(f"k{i}.cls", b"1")
+            w.close()
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+
+    stages["tar write (2 members/sample)"] = _per_image(lambda: tar_write(False), n)
+    t = time.perf_counter()
+    tar_write(True)
+    stages["tar write + one fsync (wall ms)"] = 1e3 * (time.perf_counter() - t) / n
+    if hasattr(image_mod, "decode_check"):
+        stages["1/8 decode + cut-scan check (--check decode)"] = _per_image(
+            lambda: [image_mod.decode_check(d, inspect_jpeg(d)) for d in datas], n)
+    if hasattr(image_mod, "scan_cut_short"):
+        stages["cut-scan probe, forced (2 decodes)"] = _per_image(
+            lambda: [image_mod.scan_cut_short(d, inspect_jpeg(d), force=True) for d in datas], n)
+    stages["PIL verify()"] = _per_image(lambda: [Image.open(io.BytesIO(d)).verify() for d in datas], n)
+    stages["PIL full decode"] = _per_image(lambda: [Image.open(io.BytesIO(d)).load() for d in datas], n)
+    items = [(str(p), p.name, f"k{i}", 1) for i, p in enumerate(files)]
+    stages["write_shard, whole (one process)"] = _per_image(
+        lambda: write_shard(ShardTask(str(out), 0, items, 95, None)), n)
+    n_, wall, cpu = timed(lambda: run_dino_pipe(src, tmp / "whole", workers, "structure"))
+    stages[f"shard_tree, whole set of {n_}, CPU incl. workers"] = 1e3 * cpu / n_
+    stages[f"shard_tree, whole set of {n_}, wall"] = 1e3 * wall / n_
+    for k, v in stages.items():
+        print(f"  {k:55s} {v:7.3f} ms/img")
+    return stages
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, help="an existing ImageNet-like tree (default: build one)")
-    ap.add_argument("--images", type=int, default=4000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0, help="dino-pipe workers (0 = all cores)")
     ap.add_argument("--check", default="structure", choices=["structure", "decode"], help="dino-pipe --check mode")
+    ap.add_argument("--breakdown", type=int, default=1000, help="images for the per-stage breakdown (0: none)")
+    ap.add_argument("--tmp", type=Path, help="work folder (default: a new one under the system temp folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_shard_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_shard_", dir=args.tmp))
     try:
         src = args.src
         if src is None:
             t = time.perf_counter()
-            src = write_photo_tree(tmp / "src", args.images)
+            src = write_tree(tmp / "src", args.images)
             print(f"built {args.images} images in {time.perf_counter() - t:.1f}s under {src}")
         files = list_tree(src)
         sizes = [p.stat().st_size for p, _ in files]
-        for p, _ in files:  # warm the page cache so both sides read from memory
+        for p, _ in files:  # warm the page cache so every contender reads from memory
             p.read_bytes()
-        print(
-            f"{len(files)} images, {np.mean(sizes) / 1e3:.1f} KB mean "
-            f"({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} KB), "
-            f"{os.cpu_count()} cores"
-        )
-        rates: dict[str, list[float]] = {"baseline": [], "dino_pipe": []}
-        loads = []
-        for r in range(args.rounds):
-            order = ["baseline", "dino_pipe"] if r % 2 == 0 else ["dino_pipe", "baseline"]
-            for name in order:
-                out = tmp / f"out_{name}_{r}"
-                load = os.getloadavg()[0]
-                t = time.perf_counter()
-                n = run_baseline(src, out) if name == "baseline" else run_dino_pipe(src, out, args.workers, args.check)
-                dt = time.perf_counter() - t
-                rates[name].append(n / dt)
-                loads.append(load)
-                print(
-                    f"round {r}: {name:9s} {n} images in {dt:6.2f}s = {n / dt:8.1f} img/s   "
-                    f"(load avg before: {load:.2f})"
-                )
-                shutil.rmtree(out)
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        ratio = med["dino_pipe"] / med["baseline"]
-        print(
-            f"median baseline {med['baseline']:.1f} img/s | dino-pipe (--check {args.check}) "
-            f"{med['dino_pipe']:.1f} img/s | ratio {ratio:.2f}x "
-            f"| load avg {min(loads):.2f}-{max(loads):.2f}"
-        )
+        print(f"{len(files)} images, {np.mean(sizes) / 1e3:.1f} KB mean ({min(sizes) / 1e3:.0f}-"
+              f"{max(sizes) / 1e3:.0f} KB), {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}")
+        result = side_by_side(src, tmp, args.rounds, args.workers, args.check)
+        med, ratio = result["median"], result["speed_ratio"]
+        for k, v in med.items():
+            print(f"median {k:10s} {v['wall_ms_per_image']:.3f} wall ms/img, {v['cpu_ms_per_image']:.3f} CPU ms/img")
+        print("dino-pipe speed relative to (median of per-round ratios, > 1 = faster): "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+        stages = breakdown(src, tmp, min(args.breakdown, len(files)), args.workers) if args.breakdown else {}
         if args.json:
-            result = {
-                "images": len(files),
-                "mean_kb": float(np.mean(sizes) / 1e3),
-                "cores": os.cpu_count(),
-                "workers": args.workers,
-                "check": args.check,
-                "rates": rates,
-                "median": med,
-                "ratio": ratio,
-                "load_avg": loads,
-            }
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            info = {"images": len(files), "mean_kb": float(np.mean(sizes) / 1e3), "cores": os.cpu_count(),
+                    "workers": args.workers, "check": args.check, "rounds": args.rounds,
+                    "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**info, **result, "breakdown_cpu_ms_per_image": stages}, indent=2) + "\n")
             print(f"results written to {args.json}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

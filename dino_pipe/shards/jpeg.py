@@ -20,14 +20,15 @@ appended looks whole here (and libjpeg, PIL and DALI only warn about it and fill
 :func:`dino_pipe.shards.image.scan_cut_short` catches that with a decoder.
 
 It also reads the EXIF orientation and notes MPO (multi-picture) files. Cost: ~30 microseconds for
-a 110 KB photo (the entropy-coded data is searched for markers in one vectorized numpy pass), versus
-~0.1 ms for a byte-by-byte regex and ~0.4 ms for PIL's 1/8-scale decode. Anything
+a 110 KB photo (the entropy-coded data is searched for markers with one vectorized numpy pass and
+``bytes.find``), versus ~0.1 ms for a byte-by-byte regex and ~0.4 ms for PIL's 1/8-scale decode. Anything
 :func:`inspect_jpeg` is unsure about raises :class:`JpegAnomaly` so the caller can let a real decoder
 decide; :class:`JpegTruncated` is definitive.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -80,7 +81,15 @@ def exif_orientation(payload: bytes) -> int:
 
 
 def _check_dht(seg: bytes, dc: set, ac: set) -> None:
-    i = 0
+    """DHT: add the (class, id) of each valid table to ``dc`` / ``ac``; raise on an invalid one."""
+    for tc, th in _dht_tables(seg):
+        (dc if tc == 0 else ac).add(th)
+
+
+@functools.lru_cache(maxsize=256)
+def _dht_tables(seg: bytes) -> tuple[tuple[int, int], ...]:
+    """The (class, id) of each table in a DHT segment, validated; cached, as most files share their tables."""
+    i, tables = 0, []
     while i < len(seg):
         if i + 17 > len(seg):
             raise JpegAnomaly("DHT segment too short")
@@ -100,8 +109,9 @@ def _check_dht(seg: bytes, dc: set, ac: set) -> None:
         symbols = seg[i + 17 : i + 17 + total]
         if tc == 0 and symbols and max(symbols) > 15:
             raise JpegAnomaly("DC Huffman symbol > 15")
-        (dc if tc == 0 else ac).add(th)
+        tables.append((tc, th))
         i += 17 + total
+    return tuple(tables)
 
 
 def _check_dqt(seg: bytes, tables: set) -> None:
@@ -130,18 +140,19 @@ class _Walk:
     adobe: int | None = None
     restart_interval: int = 0
     scans: int = 0
-    markers: np.ndarray | None = None  # offsets of every real marker in the file (found at the first scan)
+    ff_mask: bytes | None = None  # byte i is 1 where data[i] == 0xFF and data[i + 1] != 0 (made at the first scan)
 
     def next_marker(self, start: int) -> int | None:
         """Offset of the first real marker at or after ``start`` (stuffed ``FF 00``, ``RSTn`` and fill
-        bytes are not markers), or None. One vectorized pass over the file, then a binary search."""
-        if self.markers is None:
-            buf = np.frombuffer(self.data, np.uint8)
-            ff = np.flatnonzero(buf[:-1] == 0xFF)
-            nxt = buf[ff + 1]
-            self.markers = ff[(nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
-        i = int(np.searchsorted(self.markers, start))
-        return int(self.markers[i]) if i < len(self.markers) else None
+        bytes are not markers), or None. One vectorized pass over the file, then memchr-speed finds."""
+        data = self.data
+        if self.ff_mask is None:
+            buf = np.frombuffer(data, np.uint8)
+            self.ff_mask = ((buf[:-1] == 0xFF) & (buf[1:] != 0)).tobytes()
+        i = self.ff_mask.find(b"\x01", start)
+        while i >= 0 and (0xD0 <= data[i + 1] <= 0xD7 or data[i + 1] == 0xFF):  # restart marker or fill byte
+            i = self.ff_mask.find(b"\x01", i + 1)
+        return i if i >= 0 else None
 
 
 def _check_frame(w: _Walk, marker: int, seg: bytes) -> None:

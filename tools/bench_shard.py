@@ -11,6 +11,10 @@ deterministic), then, for several rounds (order rotated each round), packs it wi
   ``webdataset.ShardWriter.write({"__key__", "jpg", "cls"})`` (1000 samples / 128 MB shards);
 * **tar**: GNU ``tar -cf`` of the tree (no validation, no index, no checksum, no fsync).
 
+With ``--before CHECKOUT`` (another copy of dino-pipe, e.g. ``git worktree add /tmp/before main``), that
+version's ``shard_tree`` runs as a fourth contender in the same rounds (in its own process, timed inside
+it), which measures a change side by side.
+
 Each run's wall seconds and CPU seconds (this process + its children) are divided by the images
 written; the medians over rounds and their ratios are printed. The machine's load average is printed
 with every run: other processes share the CPU, so compare the ratios of side-by-side rounds.
@@ -20,7 +24,8 @@ Then ``--breakdown N`` images are put through each stage of the writer alone, in
 plus the optional checks (1/8-scale decode, the cut-scan probe, PIL verify, a full decode), in CPU
 milliseconds per image.
 
-    python tools/bench_shard.py [--images 3000] [--rounds 5] [--workers 0] [--check structure] [--json out.json]
+    python tools/bench_shard.py [--images 3000] [--rounds 5] [--workers 0] [--check structure] [--before CHECKOUT]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -136,6 +141,27 @@ def run_tar(src: Path, out: Path) -> int:
     return len(list_tree(src))
 
 
+_CHILD = """
+import json, resource, sys, time
+from dino_pipe.shards.writer import ShardOptions, shard_tree
+def cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+c, t = cpu(), time.perf_counter()
+r = shard_tree(sys.argv[1], sys.argv[2], ShardOptions(workers=int(sys.argv[3]), check=sys.argv[4]), progress=False)
+print(json.dumps([sum(s["num_samples"] for s in r["sets"]), time.perf_counter() - t, cpu() - c]))
+"""
+
+
+def run_other_checkout(checkout: Path, src: Path, out: Path, workers: int, check: str) -> tuple[int, float, float]:
+    """``shard_tree`` of another dino-pipe checkout (e.g. before a change), timed inside its own process."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    line = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out), str(workers), check], env=env,
+                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    n, wall, cpu = json.loads(line)
+    return n, wall, cpu
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process plus its finished children (worker pools, tar)."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -149,20 +175,22 @@ def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
     return n, time.perf_counter() - t, cpu_seconds() - c
 
 
-def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str) -> dict:
-    """Run the three contenders ``rounds`` times (rotating their order); per run ms per image."""
+def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str, before: Path | None) -> dict:
+    """Run the contenders ``rounds`` times (rotating their order); per run ms per image."""
     runners = {
-        "dino_pipe": lambda out: run_dino_pipe(src, out, workers, check),
-        "wds_verify": lambda out: run_wds_verify(src, out),
-        "tar": lambda out: run_tar(src, out),
+        "dino_pipe": lambda out: timed(functools.partial(run_dino_pipe, src, out, workers, check)),
+        "wds_verify": lambda out: timed(functools.partial(run_wds_verify, src, out)),
+        "tar": lambda out: timed(functools.partial(run_tar, src, out)),
     }
+    if before is not None:
+        runners["dino_pipe_before"] = lambda out: run_other_checkout(before, src, out, workers, check)
     names = list(runners)
     runs: dict[str, list[dict]] = {k: [] for k in names}
     for r in range(rounds):
-        for name in names[r % 3:] + names[: r % 3]:
+        for name in names[r % len(names):] + names[: r % len(names)]:
             out = tmp / f"out_{name}_{r}"
             load = os.getloadavg()[0]
-            n, wall, cpu = timed(functools.partial(runners[name], out))
+            n, wall, cpu = runners[name](out)
             runs[name].append({"images": n, "wall_ms_per_image": 1e3 * wall / n, "cpu_ms_per_image": 1e3 * cpu / n,
                                "load_avg_before": load})
             print(f"round {r}: {name:10s} {n} images {wall:6.2f} s wall = {1e3 * wall / n:.3f} ms/img, "
@@ -171,7 +199,7 @@ def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str) ->
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_ms_per_image", "cpu_ms_per_image")}
            for k, v in runs.items()}
     ratios = {}
-    for base in ("wds_verify", "tar"):
+    for base in [k for k in names if k != "dino_pipe"]:
         for m in ("wall_ms_per_image", "cpu_ms_per_image"):
             # speed of dino-pipe relative to the baseline, per round then median (> 1: dino-pipe faster)
             per_round = [b[m] / d[m] for b, d in zip(runs[base], runs["dino_pipe"])]
@@ -221,12 +249,11 @@ def breakdown(src: Path, tmp: Path, n: int, workers: int) -> dict:
     t = time.perf_counter()
     tar_write(True)
     stages["tar write + one fsync (wall ms)"] = 1e3 * (time.perf_counter() - t) / n
-    if hasattr(image_mod, "decode_check"):
-        stages["1/8 decode + cut-scan check (--check decode)"] = _per_image(
-            lambda: [image_mod.decode_check(d, inspect_jpeg(d)) for d in datas], n)
-    if hasattr(image_mod, "scan_cut_short"):
-        stages["cut-scan probe, forced (2 decodes)"] = _per_image(
-            lambda: [image_mod.scan_cut_short(d, inspect_jpeg(d), force=True) for d in datas], n)
+    stages["prepare_image(check=decode): + 1/8 decode, cut-scan check"] = _per_image(
+        lambda: [image_mod.prepare_image(d, check="decode") for d in datas], n)
+    stages["verify's JPEG check (jpeg_problem)"] = _per_image(lambda: [image_mod.jpeg_problem(d) for d in datas], n)
+    stages["cut-scan probe, forced (2 decodes at 1/8)"] = _per_image(
+        lambda: [image_mod.scan_cut_short(d, inspect_jpeg(d), force=True) for d in datas], n)
     stages["PIL verify()"] = _per_image(lambda: [Image.open(io.BytesIO(d)).verify() for d in datas], n)
     stages["PIL full decode"] = _per_image(lambda: [Image.open(io.BytesIO(d)).load() for d in datas], n)
     items = [(str(p), p.name, f"k{i}", 1) for i, p in enumerate(files)]
@@ -248,6 +275,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="dino-pipe workers (0 = all cores)")
     ap.add_argument("--check", default="structure", choices=["structure", "decode"], help="dino-pipe --check mode")
     ap.add_argument("--breakdown", type=int, default=1000, help="images for the per-stage breakdown (0: none)")
+    ap.add_argument("--before", type=Path, help="another dino-pipe checkout to run side by side (before a change)")
     ap.add_argument("--tmp", type=Path, help="work folder (default: a new one under the system temp folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -265,7 +293,7 @@ def main() -> None:
             p.read_bytes()
         print(f"{len(files)} images, {np.mean(sizes) / 1e3:.1f} KB mean ({min(sizes) / 1e3:.0f}-"
               f"{max(sizes) / 1e3:.0f} KB), {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}")
-        result = side_by_side(src, tmp, args.rounds, args.workers, args.check)
+        result = side_by_side(src, tmp, args.rounds, args.workers, args.check, args.before)
         med, ratio = result["median"], result["speed_ratio"]
         for k, v in med.items():
             print(f"median {k:10s} {v['wall_ms_per_image']:.3f} wall ms/img, {v['cpu_ms_per_image']:.3f} CPU ms/img")

@@ -5,8 +5,9 @@ Builds (or takes, ``--src``) an ImageNet-like tree ``train/<class>/<n>.JPEG`` of
 average size (500x375, quality 90, smooth multi-scale noise so the files weigh ~110 KB like photos;
 deterministic), then, for several rounds (order rotated each round), packs it with
 
-* **dino-pipe**: ``shard_tree`` (what ``dino-pipe shard`` calls), all cores, ``--check structure``
-  (default) or ``--check decode``;
+* **dino-pipe**: ``shard_tree`` (what ``dino-pipe shard`` calls) in a fresh process like the command's,
+  timed inside it (interpreter start-up excluded), all cores, ``--check structure`` (default) or
+  ``--check decode``;
 * **wds+verify**: one process; for each file: read, PIL ``Image.open(...).verify()``,
   ``webdataset.ShardWriter.write({"__key__", "jpg", "cls"})`` (1000 samples / 128 MB shards);
 * **tar**: GNU ``tar -cf`` of the tree (no validation, no index, no checksum, no fsync).
@@ -19,10 +20,11 @@ Each run's wall seconds and CPU seconds (this process + its children) are divide
 written; the medians over rounds and their ratios are printed. The machine's load average is printed
 with every run: other processes share the CPU, so compare the ratios of side-by-side rounds.
 
-Then ``--breakdown N`` images are put through each stage of the writer alone, in this process
-(read, structural check, sha256, tar write, index, one fsync per shard, the worker pool's overhead),
-plus the optional checks (1/8-scale decode, the cut-scan probe, PIL verify, a full decode), in CPU
-milliseconds per image.
+Then ``--breakdown N`` images are put through each stage of the writer alone, in this process,
+each right after its file is read (as the writer does; the read is subtracted and listed): structural
+check, sha256, tar write, one fsync per shard, the whole ``write_shard`` and the whole set with its
+worker pool; plus the optional checks (1/8-scale decode, the cut-scan probe, PIL verify, a full
+decode), in CPU milliseconds per image.
 
     python tools/bench_shard.py [--images 3000] [--rounds 5] [--workers 0] [--check structure] [--before CHECKOUT]
         [--json out.json]
@@ -178,7 +180,7 @@ def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
 def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str, before: Path | None) -> dict:
     """Run the contenders ``rounds`` times (rotating their order); per run ms per image."""
     runners = {
-        "dino_pipe": lambda out: timed(functools.partial(run_dino_pipe, src, out, workers, check)),
+        "dino_pipe": lambda out: run_other_checkout(ROOT, src, out, workers, check),
         "wds_verify": lambda out: timed(functools.partial(run_wds_verify, src, out)),
         "tar": lambda out: timed(functools.partial(run_tar, src, out)),
     }
@@ -210,61 +212,70 @@ def side_by_side(src: Path, tmp: Path, rounds: int, workers: int, check: str, be
 # ---------------------------------------------------------------- where dino-pipe's time goes
 
 
-def _per_image(fn: Callable[[], None], n: int) -> float:
-    """CPU ms per image of ``fn`` (which processes ``n`` images)."""
+def _stage_ms(files: list[Path], stage: Callable[[bytes], object]) -> float:
+    """CPU ms per image of reading each file and running ``stage`` on its bytes (as the writer does:
+    the data is hot in the cache)."""
     c = time.process_time()
-    fn()
-    return 1e3 * (time.process_time() - c) / n
+    for p in files:
+        with open(p, "rb") as f:
+            stage(f.read())
+    return 1e3 * (time.process_time() - c) / len(files)
 
 
 def breakdown(src: Path, tmp: Path, n: int, workers: int) -> dict:
-    """CPU ms per image of each stage of writing a shard, on the first ``n`` files, in this process."""
+    """CPU ms per image of each stage of writing a shard, on the first ``n`` files, in this process:
+    each stage runs right after its file is read; the read alone is subtracted (and listed)."""
     from dino_pipe.shards import image as image_mod
     from dino_pipe.shards.jpeg import inspect_jpeg
     from dino_pipe.shards.tar import TarShardWriter
     from dino_pipe.shards.writer import ShardTask, write_shard
 
     files = [p for p, _ in list_tree(src)][:n]
-    datas = [p.read_bytes() for p in files]
     out = tmp / "stages"
     out.mkdir()
-    stages: dict[str, float] = {}
-    stages["read file"] = _per_image(lambda: [p.read_bytes() for p in files], n)
-    stages["structural check (inspect_jpeg)"] = _per_image(lambda: [inspect_jpeg(d) for d in datas], n)
-    stages["prepare_image(check=structure)"] = _per_image(lambda: [image_mod.prepare_image(d) for d in datas], n)
-    stages["sha256"] = _per_image(lambda: [hashlib.sha256(d).digest() for d in datas], n)
+    read = min(_stage_ms(files, lambda d: None) for _ in range(3))
+    stages: dict[str, float] = {"read file (open + read)": read}
+    with open(out / "t.tar", "wb") as f:
+        w = TarShardWriter(f)
 
-    def tar_write(fsync: bool) -> None:
-        with open(out / "t.tar", "wb") as f:
-            w = TarShardWriter(f)
-            for i, d in enumerate(datas):
-                w.add(f"k{i}.jpg", d)
-                w.add(f"k{i}.cls", b"1")
-            w.close()
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+        def add(d: bytes) -> None:
+            w.add(f"k{len(w.members)}.jpg", d)
+            w.add(f"k{len(w.members)}.cls", b"1")
 
-    stages["tar write (2 members/sample)"] = _per_image(lambda: tar_write(False), n)
-    t = time.perf_counter()
-    tar_write(True)
-    stages["tar write + one fsync (wall ms)"] = 1e3 * (time.perf_counter() - t) / n
-    stages["prepare_image(check=decode): + 1/8 decode, cut-scan check"] = _per_image(
-        lambda: [image_mod.prepare_image(d, check="decode") for d in datas], n)
-    stages["verify's JPEG check (jpeg_problem)"] = _per_image(lambda: [image_mod.jpeg_problem(d) for d in datas], n)
-    stages["cut-scan probe, forced (2 decodes at 1/8)"] = _per_image(
-        lambda: [image_mod.scan_cut_short(d, inspect_jpeg(d), force=True) for d in datas], n)
-    stages["PIL verify()"] = _per_image(lambda: [Image.open(io.BytesIO(d)).verify() for d in datas], n)
-    stages["PIL full decode"] = _per_image(lambda: [Image.open(io.BytesIO(d)).load() for d in datas], n)
+        measured = {
+            "structural check (inspect_jpeg)": inspect_jpeg,
+            "prepare_image(check=structure): structure + choices": image_mod.prepare_image,
+            "sha256": lambda d: hashlib.sha256(d).digest(),
+            "tar write (2 members per sample)": add,
+            "prepare_image(check=decode): + 1/8 decode, cut-scan check": lambda d: image_mod.prepare_image(
+                d, check="decode"),
+            "verify's JPEG check (jpeg_problem)": image_mod.jpeg_problem,
+            "cut-scan probe, forced (2 decodes at 1/8)": lambda d: image_mod.scan_cut_short(d, inspect_jpeg(d),
+                                                                                          force=True),
+            "PIL verify()": lambda d: Image.open(io.BytesIO(d)).verify(),
+            "PIL full decode": lambda d: Image.open(io.BytesIO(d)).load(),
+        }
+        for name, stage in measured.items():
+            stages[name] = _stage_ms(files, stage) - read
+        f.flush()
+        t = time.perf_counter()
+        os.fsync(f.fileno())
+        stages[f"fsync of that tar ({w.pos / 1e6:.0f} MB), wall"] = 1e3 * (time.perf_counter() - t) / n
     items = [(str(p), p.name, f"k{i}", 1) for i, p in enumerate(files)]
-    stages["write_shard, whole (one process)"] = _per_image(
-        lambda: write_shard(ShardTask(str(out), 0, items, 95, None)), n)
+    stages["write_shard, whole (one process, with the read)"] = 1e3 * min(
+        _cpu(lambda: write_shard(ShardTask(str(out), 0, items, 95, None))) for _ in range(3)) / n
     n_, wall, cpu = timed(lambda: run_dino_pipe(src, tmp / "whole", workers, "structure"))
     stages[f"shard_tree, whole set of {n_}, CPU incl. workers"] = 1e3 * cpu / n_
     stages[f"shard_tree, whole set of {n_}, wall"] = 1e3 * wall / n_
     for k, v in stages.items():
-        print(f"  {k:55s} {v:7.3f} ms/img")
+        print(f"  {k:60s} {v:7.3f} ms/img")
     return stages
+
+
+def _cpu(fn: Callable[[], object]) -> float:
+    c = time.process_time()
+    fn()
+    return time.process_time() - c
 
 
 def main() -> None:

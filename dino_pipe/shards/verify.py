@@ -27,6 +27,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from dino_pipe.errors import UserError
 from dino_pipe.shards.dali_decode import run_decode_tasks
@@ -178,7 +179,7 @@ def _image_members(tar: Path) -> list[tuple[str, str, int, int]]:
     return out
 
 
-def _check_jpegs(folder: Path, check: ShardCheck, advance) -> None:
+def _check_jpegs(folder: Path, check: ShardCheck, advance: Callable[[int], None]) -> None:
     """The checks DALI cannot make, on every JPEG of a readable shard: truncated, or cut inside its
     last scan with an end-of-image marker appended (libjpeg and DALI only warn and fill in gray).
     Costs about one 1/8-scale decode per image; PIL releases the GIL, so shards run in parallel."""

@@ -204,6 +204,7 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
 
 def _fsync_files(folder: Path, names: list[str]) -> None:
+    """fsync each of ``names`` in ``folder`` (their data and size reach the disk)."""
     for name in names:
         fd = os.open(folder / name, os.O_RDONLY)
         try:

@@ -5,10 +5,14 @@
 1. **Kept as original bytes**: a baseline/extended/progressive 8-bit 3-component JPEG, not
    multi-picture, without EXIF rotation, within ``max_side``, that passes the structural check of
    :mod:`dino_pipe.shards.jpeg` (every marker segment, table and scan header, and an end-of-image
-   marker after the last scan -- exactly the truncation check). With ``check="decode"`` it is also
-   decoded at 1/8 scale (``Image.draft("RGB", (w // 8, h // 8))`` + ``load()``): no inverse DCT or
-   colour conversion, but every coefficient is still Huffman-decoded, so truncated data still
-   raises (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
+   marker after the last scan -- the truncation check). With ``check="decode"`` it is also
+   decoded at 1/8 scale (``Image.draft("YCbCr", (w // 8, h // 8))`` + ``load()``): no full inverse
+   DCT or colour conversion, but every coefficient is still Huffman-decoded; and
+   :func:`scan_cut_short` catches a file cut inside its last scan with an end-of-image marker
+   appended, which the structure cannot show and libjpeg only warns about (it fills the rest with
+   gray). Both also run for JPEGs about to be converted. Cost on a 110 KB photo: ~0.05 ms for the
+   structural check, ~1 ms for the decode check (``tools/bench_shard.py``), so ``structure`` is
+   the default and ``dino-pipe verify`` always runs the cut-scan check.
 2. **Converted** to an RGB JPEG at ``quality``: anything else PIL fully decodes -- CMYK/YCCK or
    grayscale JPEG, other JPEG processes, a JPEG whose structure the strict check did not accept,
    PNG (also one named ``.JPEG``), GIF/BMP/TIFF/WebP, palette, alpha, 16-bit, EXIF-rotated (the
@@ -76,14 +80,94 @@ def _conversion_reasons(info: JpegInfo, too_big: bool) -> list[str]:
     return reasons
 
 
+CUT_SHORT = "JPEG data cut short (its last scan stops before the image is complete; end-of-image marker appended)"
+# Bytes put before the end-of-image marker by the cut-scan probe; no 0xFF, so never a marker.
+_PROBE = bytes((i * 73 + 41) % 255 for i in range(256))
+
+
+def _decode(data: bytes, mode: str | None, size: tuple[int, int]) -> Image.Image:
+    """Decode with PIL (libjpeg), DCT-scaled towards ``size``; ``mode`` "L"/"YCbCr" skips colour conversion."""
+    im = Image.open(io.BytesIO(data), formats=["JPEG"])
+    im.draft(mode, size)
+    im.load()
+    return im
+
+
+def _probe_mode(info: JpegInfo) -> str | None:
+    """YCbCr output (no colour conversion) for a YCbCr JPEG; others decode to their own mode."""
+    return "YCbCr" if info.components == 3 and info.adobe_transform != 0 else None
+
+
+def _probe_scale(info: JpegInfo) -> tuple[int, int]:
+    """Full size for progressive JPEGs (a cut AC scan only shows at full scale), else 1/8."""
+    if info.sof in (0xC2, 0xC6, 0xCA, 0xCE):
+        return info.width, info.height
+    return max(1, info.width // 8), max(1, info.height // 8)
+
+
+def _may_be_cut(im: Image.Image, info: JpegInfo) -> bool:
+    """Could this decode of a single-scan sequential JPEG hide a cut? A cut makes libjpeg leave every
+    later MCU zero, so the last block is exactly mid-gray (Y = 128); anything else proves the scan ran
+    to the end. Other JPEGs (several scans, restart markers) always need the probe."""
+    if info.scans != 1 or info.restart_interval or info.sof in (0xC2, 0xC6, 0xCA, 0xCE):
+        return True
+    if im.mode not in ("L", "YCbCr"):  # converted output (CMYK, RGB): a zero block is not exactly 128
+        return True
+    last = im.getpixel((im.width - 1, im.height - 1))
+    return (last[0] if isinstance(last, tuple) else last) == 128
+
+
+def scan_cut_short(data: bytes, info: JpegInfo, first: Image.Image | None = None, force: bool = False) -> bool:
+    """True when the last scan of a structurally sound JPEG is cut short (an end-of-image marker
+    appended to a truncated file): libjpeg then only warns and fills the rest with gray.
+
+    The probe: put 256 non-marker bytes before the end-of-image marker and decode again. After a
+    complete scan libjpeg skips them as extraneous bytes (same pixels); in a cut scan it decodes
+    them as image data (different pixels). ``first``: a decode of ``data`` at :func:`_probe_scale`
+    in :func:`_probe_mode`, when the caller has one; ``force``: always run the probe (benchmarks).
+    Decoder errors propagate.
+    """
+    size = _probe_scale(info)
+    first = first if first is not None else _decode(data, _probe_mode(info), size)
+    if not force and not _may_be_cut(first, info):
+        return False
+    cut = info.eoi
+    while cut > 0 and data[cut - 1] == 0xFF:  # keep fill bytes next to their marker
+        cut -= 1
+    probed = _decode(data[:cut] + _PROBE + data[cut:], _probe_mode(info), size)
+    return probed.tobytes() != first.tobytes()
+
+
 def _draft_decode(data: bytes, info: JpegInfo) -> None:
-    """Decode at 1/8 scale; raises UnreadableImage when libjpeg (via PIL) fails."""
+    """Decode at 1/8 scale (plus the cut-scan probe); raises UnreadableImage when libjpeg (via PIL)
+    fails or the last scan is cut short."""
     try:
-        im = Image.open(io.BytesIO(data), formats=["JPEG"])
-        im.draft("RGB", (max(1, info.width // 8), max(1, info.height // 8)))
-        im.load()
+        im = _decode(data, _probe_mode(info), (max(1, info.width // 8), max(1, info.height // 8)))
+        cut = scan_cut_short(data, info, first=im if _probe_scale(info)[0] < info.width else None)
     except Exception as e:
         raise UnreadableImage(f"cannot decode JPEG ({type(e).__name__}: {_short(e)})") from None
+    if cut:
+        raise UnreadableImage(CUT_SHORT)
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """Why a stored JPEG must not be trusted (truncated, or its last scan cut short), else None.
+
+    Only definitive findings: a file the structural check is unsure about, or that PIL cannot
+    decode, is left to DALI (``dino-pipe verify`` decodes every image with it anyway).
+    """
+    if not is_jpeg(data):
+        return None
+    try:
+        info = inspect_jpeg(data)
+    except JpegTruncated as e:
+        return str(e)
+    except Exception:
+        return None
+    try:
+        return CUT_SHORT if scan_cut_short(data, info) else None
+    except Exception:
+        return None
 
 
 def prepare_image(
@@ -110,9 +194,9 @@ def prepare_image(
         else:
             too_big = max_side is not None and max(info.width, info.height) > max_side
             reasons = _conversion_reasons(info, too_big)
+            if check == "decode":  # also before a conversion: a cut scan would be re-encoded, gray and all
+                _draft_decode(data, info)
             if not reasons:
-                if check == "decode":
-                    _draft_decode(data, info)
                 return PreparedImage(data)
     return _convert(data, quality, max_side, reasons)
 

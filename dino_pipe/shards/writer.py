@@ -7,7 +7,8 @@ Data flow for one split (one shard set)::
       -> write_shard x N in worker processes                    tar + idx written atomically
            read file (or its byte range of an archive) -> prepare_image -> TarShardWriter -> sha256
       -> journal line per finished shard                        what a rerun may keep
-      -> fsync all shards, then manifest.json (atomic)          the set is complete and durable
+      -> fsync each shard (a thread, as it is journaled), then   the set is complete and durable
+         the folder, then manifest.json (atomic)
       -> journal removed
 
 Each shard is a pure function of its planned file list and the options, so shards are written
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -188,12 +190,17 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
     base = sum(len(plan[k]) for k in records)
     start = time.perf_counter()
-    with WorkerPool(min(workers, len(todo))) as pool, _progress(progress) as bar:
+    synced: list[Future] = []  # fsync of each new shard, in a thread, while the workers write the next ones
+    fresh: set[str] = set()
+    with WorkerPool(min(workers, len(todo))) as pool, _progress(progress) as bar, ThreadPoolExecutor(1) as syncer:
         bar_task = bar.add_task(f"shard {label}", total=len(split), completed=base)
 
         def on_record(record: dict) -> None:
             if remote is not None:
                 remote.publish(record)
+            elif record["file"]:
+                synced.append(syncer.submit(_fsync_files, folder, [record["file"], record["index"]]))
+                fresh.update((record["file"], record["index"]))
             journal.append_record(folder, record)
             records[record["shard"]] = record
 
@@ -202,6 +209,8 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
         try:
             pool.run(write_shard, tasks(), on_record, on_progress)
+            for f in synced:
+                f.result()  # an fsync error (EIO, ENOSPC at write-back) stops the run like a write error
         except OSError as e:  # disk full, folder removed under us, ...
             raise UserError(f"cannot write shards to {folder}: {e.strerror or e}; rerun to resume") from None
     manifest = build_manifest(split, source, fp, options, [records[k] for k in sorted(records)])
@@ -209,7 +218,8 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
         remote.finish(manifest)
         seconds = time.perf_counter() - start
     else:
-        make_durable(folder, [name for s in manifest["shards"] for name in (s["file"], s["index"])])
+        kept = [name for s in manifest["shards"] for name in (s["file"], s["index"]) if name not in fresh]
+        make_durable(folder, kept)
         seconds = time.perf_counter() - start
         save_manifest(folder, manifest)
     journal.remove_journal(folder)
@@ -219,18 +229,25 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
     )
 
 
-def make_durable(folder: Path, names: list[str]) -> None:
-    """fsync the shard files and their folder once, before the manifest declares the set complete.
-
-    Shards are renamed into place without an fsync each (a killed process cannot tear them, and a
-    resume re-checks every journaled shard's sha256), so the disk writes overlap the work.
-    """
+def _fsync_files(folder: Path, names: list[str]) -> None:
+    """fsync each of ``names`` in ``folder`` (their data and size reach the disk)."""
     for name in names:
         fd = os.open(folder / name, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def make_durable(folder: Path, names: list[str]) -> None:
+    """fsync ``names`` (shards kept from an earlier run) and the folder, before the manifest declares
+    the set complete.
+
+    Shards are renamed into place without an fsync in the worker (a killed process cannot tear them,
+    and a resume re-checks every journaled shard's sha256); each new shard is fsynced by a thread of
+    the main process as soon as it is journaled, so the disk writes overlap the work.
+    """
+    _fsync_files(folder, names)
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

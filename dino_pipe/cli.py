@@ -158,7 +158,8 @@ def shard_cmd(
     check: str = typer.Option(
         "structure",
         metavar="[structure|decode]",
-        help="structure: strict JPEG structure check (fast); decode: also decode kept JPEGs at 1/8 scale.",
+        help="structure: strict JPEG structure check (fast); "
+        "decode: also decode kept JPEGs at 1/8 scale and catch scans cut short (slower).",
     ),
     workers: int = typer.Option(0, help="Worker processes (0 = all cores); the output does not depend on it."),
     force: bool = typer.Option(

@@ -24,7 +24,7 @@ class ShardOptions:
     shard_mb: float = 128.0  # target max MB (1e6 bytes) per shard (0 = no limit)
     quality: int = 95  # JPEG quality of converted images
     max_side: int | None = None  # downscale images whose longer side is larger
-    check: str = "structure"  # structure | decode (also decode kept JPEGs at 1/8 scale)
+    check: str = "structure"  # structure | decode (also decode kept JPEGs at 1/8 scale, catch scans cut short)
     workers: int = 0  # worker processes (0 = all cores); does not change the output
 
     def validate(self) -> None:

@@ -402,9 +402,10 @@ def config_show_cmd(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Preset: a YAML file or a name in configs/ (default: vit_small_imagenet)."
     ),
-    processes: Optional[int] = typer.Option(
-        None, "--processes", help="Show data.batch_size as each of N processes (GPUs) would train with it."
+    gpus: Optional[int] = typer.Option(
+        None, "--gpus", help="Show data.batch_size as each of N GPUs (one process each) would train with it."
     ),
+    procs: int = typer.Option(1, "--procs", help="With --gpus 0: the number of CPU processes."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the resolved config as JSON here."),
 ) -> None:
     """Print the resolved config (preset + base + overrides) as YAML, as `train` would use it."""
@@ -414,11 +415,11 @@ def config_show_cmd(
 
     check_outputs({"--json": json_path})
     cfg = load_config(config or DEFAULT_PRESET, list(overrides or []))
-    if processes is not None:
-        if processes < 1:
-            raise UserError("--processes must be >= 1")
-        cfg = resolve_batch(cfg, processes)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    if gpus is not None:
+        if gpus < 0 or procs < 1:
+            raise UserError("--gpus must be >= 0 and --procs >= 1")
+        cfg = resolve_batch(cfg, gpus or procs)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
     write_json(json_path, cfg)
 
 

@@ -566,7 +566,17 @@ def eval_knn_cmd(
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
+    _print_class_names(d["train"])
     write_json(json_path, result)
+
+
+def _print_class_names(facts: dict, shown: int = 4) -> None:
+    """The first classes with their human names, when the shard set's manifest has them (ImageNet wnids)."""
+    names = facts.get("class_names")
+    if names:
+        pairs = ", ".join(f"{c} {n}" for c, n in zip(facts["classes"][:shown], names[:shown]))
+        more = f", … ({len(names)} in data.train.class_names of the JSON)" if len(names) > shown else ""
+        out.print(f"classes: {pairs}{more}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command("linear")
@@ -651,6 +661,7 @@ def eval_linear_cmd(
             f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}"
         )
     out.print(table)
+    _print_class_names(result.get("data", {}).get("train", {}))
     if best:
         out.print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f} %, top-5 {best['top5']:.2f} %"
                   f"{'' if result['complete'] else ' (not finished: rerun to resume)'}", highlight=False)

@@ -56,6 +56,9 @@ def test_shard_train_eval_as_typed(tmp_path, photos, monkeypatch):
     out = cli("train", "--gpus", "0", "--batch-size", "4", "-q", "train.max_steps=1", *TINY)  # another config
     assert f"runs/{run.name}-2 (new" in out and (tmp_path / "runs" / f"{run.name}-2" / "summary.json").is_file()
 
+    manifest = tmp_path / "shards" / "imagenet" / "train" / "manifest.json"  # as ImageNet's has them
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "class_names": ["tench", "goldfish", "great white shark"]}))
     os_touch_later(run)  # the first run is the latest again
     out = cli("eval", "knn", "--gpus", "0", "--k", "3")
     assert f"checkpoint: the latest run runs/{run.name}" in out, out
@@ -63,7 +66,15 @@ def test_shard_train_eval_as_typed(tmp_path, photos, monkeypatch):
     result = json.loads((run / "knn.json").read_text())
     assert result["data"]["train"]["num_samples"] == 24 and result["data"]["val"]["num_samples"] == 9
     assert result["checkpoint"]["step"] == 3
+    assert result["data"]["train"]["class_names"] == ["tench", "goldfish", "great white shark"]
+    assert "class_00 tench, class_01 goldfish" in out
+    assert "class_names" not in result["data"]["val"]  # the val manifest has none: the wnids alone
 
+    out = cli("eval", "linear", "--gpus", "0", "--epochs", "1", "--batch-size", "8", "--n-last-blocks", "1")
+    assert "output: runs/" in out and json.loads((run / "linear.json").read_text())["complete"]
+    image = next((tmp_path / "imagenet" / "val").rglob("*.jpg"))
+    cli("viz", "attention", str(image))
+    assert list((run / "attention").glob("*-attention.png"))
     cli("export", "--which", "teacher")
     assert (run / "backbone.safetensors").is_file()
     cli("viz", "curves")

@@ -390,8 +390,9 @@ def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, c
         pick = workspace.default_run_folder(chosen or Path(data), config, cfg, extend)
         output = pick.path
         notes.append(pick.note)
-    for note in notes:
-        err.print(note, highlight=False, soft_wrap=True)
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
+        for note in notes:
+            err.print(note, highlight=False, soft_wrap=True)
     return data, output
 
 
@@ -494,10 +495,14 @@ def eval_knn_cmd(
         None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."
     ),
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+        None, "--checkpoint", help="Checkpoint file, or a run directory (default: the latest run under ./runs)."
     ),
-    train: Optional[str] = typer.Option(None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank."),
-    val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set (folder or s3://…): the queries."),
+    train: Optional[str] = typer.Option(
+        None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank (default: the run's)."
+    ),
+    val: Optional[str] = typer.Option(
+        None, "--val", help="Labelled shard set (folder or s3://…): the queries (default: val/ beside the run's)."
+    ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="teacher: the DINO protocol."),
     random_init: bool = typer.Option(
         False, "--random-init", help="Untrained network of the same architecture (baseline)."
@@ -518,7 +523,8 @@ def eval_knn_cmd(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
     json_path: Optional[Path] = typer.Option(
-        None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here."
+        None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here "
+        "(default without --checkpoint: RUN/knn.json)."
     ),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""

@@ -117,3 +117,14 @@ def test_config_show_prints_the_resolved_preset(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["model"]["norm_last_layer"] is False
     res = CliRunner().invoke(app, ["config", "show", "--config", "nope"])
     assert res.exit_code != 0 and "vit_small_best" in res.output  # lists the presets
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_preset_header_names_its_source(name):
+    from dino_pipe.config import PRESETS_DIR
+
+    header = "".join(ln for ln in (PRESETS_DIR / f"{name}.yaml").read_text().splitlines(True) if ln.startswith("#"))
+    assert "facebookresearch/dino" in header and "global batch" in header, name
+    published = OFFICIAL[name][1]
+    if published:
+        assert f"{published[0]}%" in header and f"{published[1]}%" in header, name

@@ -90,6 +90,8 @@ def _same_run(run: Path, data: Path | str, cfg, extend: bool) -> bool:
         old = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()) or {}).to_dict()
     except (OSError, yaml.YAMLError, UserError):
         return False
+    if old["data"]["global_batch_size"] != cfg.data.global_batch_size:
+        return False
     diffs = config_differences(old, cfg.to_dict())
     ignore = ("train.epochs:",) if extend else ()
     if cfg.data.global_batch_size > 0:

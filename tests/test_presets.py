@@ -128,3 +128,14 @@ def test_preset_header_names_its_source(name):
     published = OFFICIAL[name][1]
     if published:
         assert f"{published[0]}%" in header and f"{published[1]}%" in header, name
+
+
+def test_a_run_made_before_global_batch_resumes():
+    """Its config lacks data.global_batch_size; resolved for the same process count nothing computed differs."""
+    from dino_pipe.train.checkpoint import config_differences
+
+    old = load_config(None, ["data.batch_size=64"]).to_dict()
+    del old["data"]["global_batch_size"]
+    assert config_differences(old, resolve_batch(load_config("vit_small_imagenet"), 8).to_dict()) == []
+    assert config_differences(old, resolve_batch(load_config("vit_small_imagenet"), 4).to_dict()) == [
+        "data.batch_size: 64 -> 128"]

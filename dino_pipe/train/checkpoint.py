@@ -201,10 +201,11 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 # -- the checkpoint manager of a training run ----------------------------------------------------
 
-# Config keys that may differ when a run is resumed (they do not change the computation).
+# Config keys that may differ when a run is resumed (they do not change the computation; data.global_batch_size
+# only sets data.batch_size, which is compared, resolved for the run's process count, which is compared too).
 RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
                      "train.log_every_steps", "train.collapse_check_every_steps", "train.compile",
-                     "data.threads", "data.prefetch", "data.hw_decoder_load", "eval.")
+                     "data.threads", "data.prefetch", "data.hw_decoder_load", "data.global_batch_size", "eval.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

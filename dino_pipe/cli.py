@@ -387,7 +387,7 @@ def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, c
         data = str(chosen.train)
         notes.append(f"data: {data} (the one shard set under ./{workspace.SHARDS}; --data to choose)")
     if output is None:
-        pick = workspace.default_run_folder(chosen or Path(data), config, cfg, extend)
+        pick = workspace.default_run_folder(chosen or data, config, cfg, extend)
         output = pick.path
         notes.append(pick.note)
     if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank

@@ -82,6 +82,7 @@ def _same_run(run: Path, data: Path | str, cfg, extend: bool) -> bool:
     from dino_pipe.config import config_from_dict
     from dino_pipe.train.checkpoint import config_differences, data_key, recorded_data
 
+    data = _local(data, cfg)
     if not _is_set(Path(data)) and _is_set(Path(data) / "train"):  # a parent of sets: train reads its train/
         data = Path(data) / "train"
     if recorded_data(run) != data_key(data):
@@ -99,6 +100,18 @@ def _same_run(run: Path, data: Path | str, cfg, extend: bool) -> bool:
     return not [d for d in diffs if not d.startswith(ignore)]
 
 
+def _local(data: Path | str, cfg) -> Path | str:
+    """Where training reads ``data`` from: an ``s3://`` set's folder in the shard cache, else ``data``."""
+    from dino_pipe.storage.url import is_remote
+
+    if not is_remote(str(data)):
+        return data
+    from dino_pipe.storage.cache import CacheSettings, cache_folder
+    from dino_pipe.storage.url import parse_s3
+
+    return cache_folder(CacheSettings.from_config(cfg.data), parse_s3(str(data)))
+
+
 @dataclass(frozen=True)
 class Choice:
     """A default the workspace chose, and the line that tells the user."""
@@ -107,7 +120,7 @@ class Choice:
     note: str
 
 
-def default_run_folder(data: ShardSets | Path, config: str | Path | None, cfg, extend: bool = False,
+def default_run_folder(data: ShardSets | Path | str, config: str | Path | None, cfg, extend: bool = False,
                        root: Path = RUNS) -> Choice:
     """``root/<set>-<preset>``, or the first ``-N`` suffix that is new or the same run (resumed)."""
     from dino_pipe.train.checkpoint import is_run_dir
@@ -127,7 +140,7 @@ def _set_name(data: Path) -> str:
     """A name for a shard set given as --data: its folder, or its parent's for a train/ set."""
     if str(data).startswith("synthetic"):
         return str(data).replace(":", "")
-    p = Path(data).resolve()
+    p = Path(str(data).split("://", 1)[-1]) if "://" in str(data) else Path(data).resolve()
     return p.parent.name if p.name in ("train", "val") else p.name
 
 

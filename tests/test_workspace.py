@@ -141,3 +141,20 @@ def test_run_folder_keeps_a_different_run(tmp_path):
     assert default_run_folder(data, None, other, root=root).path == root / "x-vit_small_imagenet-2"
     with pytest.raises(Exception, match="no run with a checkpoint"):
         latest_run(root)
+
+
+def test_run_folder_of_an_s3_set_is_resumed(tmp_path, monkeypatch):
+    """Training reads an s3:// set from the shard cache (which the run notes): the same URL finds the run again."""
+    from dino_pipe.config import load_config
+
+    monkeypatch.setenv("DINO_PIPE_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("vit_small_imagenet")
+    url = "s3://bucket/datasets/imagenet/train"
+    root = tmp_path / "runs"
+    first = default_run_folder(url, None, cfg, root=root)
+    assert first.path == root / "imagenet-vit_small_imagenet"
+    first.path.mkdir(parents=True)
+    (first.path / ".dino-pipe-run").write_text("{}")
+    (first.path / "config.yaml").write_text(json.dumps(cfg.to_dict()))
+    record_data(first.path, tmp_path / "cache" / "s3" / "bucket" / "datasets" / "imagenet" / "train")
+    assert default_run_folder(url, None, cfg, root=root).path == first.path

@@ -1,8 +1,8 @@
 """One typed config tree: dataclasses, loaded from ``configs/*.yaml``, with dotted overrides.
 
-``load_config("configs/vit_small_imagenet.yaml", ["optim.base_lr=1e-3", "data.n_local=10"])``
-returns a validated :class:`Config`. Unknown keys and values of the wrong type raise
-:class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
+``load_config("configs/vit_small_imagenet.yaml", ["optim.base_lr=1e-3", "data.n_local=10"])`` (or the preset's
+name alone, ``load_config("vit_small_imagenet")``) returns a validated :class:`Config`. Unknown keys and values
+of the wrong type raise :class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
 
 A preset may name another with ``base: other.yaml`` (relative to itself); its keys override
 the base's (dict-valued keys such as ``model.arch_kwargs`` merge). A dotted override of a dict-valued
@@ -493,7 +493,7 @@ def find_preset(path: str | Path) -> Path:
     """A config file: ``path`` itself when it exists, else the preset of that name in ``configs/``
     (``vit_small_best`` or ``vit_small_best.yaml``); a missing one is a UserError listing the presets."""
     p = Path(path)
-    if p.exists():
+    if p.is_file():
         return p
     if p.parent in (Path("."), Path("configs")):  # a bare name, or configs/NAME typed outside the source tree
         for candidate in (PRESETS_DIR / p.name, PRESETS_DIR / f"{p.name}.yaml"):

@@ -50,8 +50,8 @@ def find_shard_sets(root: Path = SHARDS) -> list[ShardSets]:
         if _is_set(folder / "train"):
             val = folder / "val"
             found.append(ShardSets(folder.resolve().name, folder / "train", val if _is_set(val) else None))
-        elif _is_set(folder) and folder != root and not (folder.name in ("train", "val") and _is_set(root / "train")):
-            found.append(ShardSets(folder.name, folder, None))
+        elif _is_set(folder) and not (folder.name in ("train", "val") and _is_set(root / "train")):
+            found.append(ShardSets(folder.resolve().name, folder, None))
     return found
 
 

@@ -572,17 +572,34 @@ def eval_knn_cmd(
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
-    _print_class_names(d["train"])
+    _print_worst_classes(result["results"], d["train"])
     write_json(json_path, result)
+
+
+def _class_label(facts: dict, c: int) -> str:
+    """A class as the tables show it: its folder name (an ImageNet wnid), and its human name when known."""
+    classes, names = facts.get("classes") or [], facts.get("class_names") or []
+    label = str(classes[c]) if c < len(classes) else f"class {c}"
+    return f"{label} {names[c]}" if c < len(names) else label
 
 
 def _print_class_names(facts: dict, shown: int = 4) -> None:
     """The first classes with their human names, when the shard set's manifest has them (ImageNet wnids)."""
     names = facts.get("class_names")
     if names:
-        pairs = ", ".join(f"{c} {n}" for c, n in zip(facts["classes"][:shown], names[:shown]))
+        pairs = ", ".join(_class_label(facts, c) for c in range(min(shown, len(names))))
         more = f", … ({len(names)} in data.train.class_names of the JSON)" if len(names) > shown else ""
         out.print(f"classes: {pairs}{more}", highlight=False, soft_wrap=True)
+
+
+def _print_worst_classes(results: list[dict], facts: dict, shown: int = 5) -> None:
+    """The classes k-NN gets wrong most (at k = 20, or the first k), named as the shard set names them."""
+    row = next((r for r in results if r["k"] == 20), results[0])
+    per_class = [(acc, c) for c, acc in enumerate(row.get("class_top1") or []) if acc is not None]
+    if len(per_class) < 2:
+        return
+    worst = ", ".join(f"{_class_label(facts, c)} {acc:.1f}" for acc, c in sorted(per_class)[:shown])
+    out.print(f"worst classes at k = {row['k']} (top-1 %): {worst}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command("linear")

@@ -67,7 +67,10 @@ def test_shard_train_eval_as_typed(tmp_path, photos, monkeypatch):
     assert result["data"]["train"]["num_samples"] == 24 and result["data"]["val"]["num_samples"] == 9
     assert result["checkpoint"]["step"] == 3
     assert result["data"]["train"]["class_names"] == ["tench", "goldfish", "great white shark"]
-    assert "class_00 tench, class_01 goldfish" in out
+    per_class = result["results"][0]["class_top1"]
+    assert len(per_class) == 3 and all(0 <= a <= 100 for a in per_class)
+    assert result["results"][0]["top1"] == pytest.approx(sum(per_class) / 3)  # 3 val images per class
+    assert "worst classes at k = 3 (top-1 %): class_0" in out and ("tench" in out and "goldfish" in out)
     assert "class_names" not in result["data"]["val"]  # the val manifest has none: the wnids alone
 
     out = cli("eval", "linear", "--gpus", "0", "--epochs", "1", "--batch-size", "8", "--n-last-blocks", "1")

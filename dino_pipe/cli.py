@@ -33,6 +33,8 @@ viz_app = typer.Typer(help="Pictures: attention maps and training curves.", no_a
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(viz_app, name="viz")
+config_app = typer.Typer(help="Presets: the resolved config a command would use.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 def _console(**kwargs: Any) -> Console:
     """A rich Console; when output is not a terminal (piped, redirected) tables get room to stay
@@ -338,10 +340,14 @@ def bench_loader_cmd(
 def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="Preset YAML (configs/*.yaml); defaults if omitted."
+        None, "--config", "-c", help="Preset: a YAML file or a name in configs/ (default: vit_small_imagenet)."
     ),
-    data: str = typer.Option(..., "--data", help="Shard set folder (or synthetic[:N] for random tensors)."),
-    output: Path = typer.Option(..., "--out", "-o", help="Run directory; rerunning on it resumes."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Shard set folder or synthetic[:N] (default: the one shard set under ./shards)."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory; rerunning on it resumes (default: runs/<set>-<preset>)."
+    ),
     gpus: Optional[int] = typer.Option(
         None, "--gpus", help="Local GPUs, one DDP process each (0 = CPU; default: all visible)."
     ),
@@ -362,13 +368,67 @@ def train_cmd(
 
     --data may also be a parent folder holding train/ and val/ shard sets: its train/ set is used.
     """
-    from dino_pipe.config import load_config
+    from dino_pipe.config import DEFAULT_PRESET, load_config
     from dino_pipe.train.loop import train
 
+    notes = [] if config else [f"config: {DEFAULT_PRESET} (ViT-S/16, the reference DINO run; --config to choose)"]
+    config = config or Path(DEFAULT_PRESET)
     cfg = load_config(config, _eval_overrides(overrides, **{"train.epochs": epochs, "data.batch_size": batch_size}))
+    data, output = _train_defaults(data, output, config, cfg, extend, notes)
     result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend)
     if result:
         print_json(result)
+
+
+def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, cfg: Any, extend: bool,
+                    notes: list[str]) -> tuple[str, Path]:
+    """``--data`` / ``--out`` as given, or the workspace's defaults. When the workspace chose anything, each
+    choice (and ``notes``: the default preset) is printed as one line on stderr, once all are made."""
+    from dino_pipe import workspace
+
+    if data is not None and output is not None:
+        return data, output
+    chosen = None
+    if data is None:
+        chosen = workspace.default_data()
+        data = str(chosen.train)
+        notes.append(f"data: {data} (the one shard set under ./{workspace.SHARDS}; --data to choose)")
+    if output is None:
+        pick = workspace.default_run_folder(chosen or data, config, cfg, extend)
+        output = pick.path
+        notes.append(pick.note)
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
+        for note in notes:
+            err.print(note, highlight=False, soft_wrap=True)
+    return data, output
+
+
+@config_app.command("show")
+@user_errors
+def config_show_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides: section.key=value ..."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Preset: a YAML file or a name in configs/ (default: vit_small_imagenet)."
+    ),
+    gpus: Optional[int] = typer.Option(
+        None, "--gpus", help="Show data.batch_size as each of N GPUs (one process each) would train with it."
+    ),
+    procs: int = typer.Option(1, "--procs", help="With --gpus 0: the number of CPU processes."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the resolved config as JSON here."),
+) -> None:
+    """Print the resolved config (preset + base + overrides) as YAML, as `train` would use it."""
+    import yaml
+
+    from dino_pipe.config import DEFAULT_PRESET, load_config, resolve_batch
+
+    check_outputs({"--json": json_path})
+    cfg = load_config(config or DEFAULT_PRESET, list(overrides or []))
+    if gpus is not None:
+        if gpus < 0 or procs < 1:
+            raise UserError("--gpus must be >= 0 and --procs >= 1")
+        cfg = resolve_batch(cfg, gpus or procs)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+    write_json(json_path, cfg)
 
 
 @bench_app.command("train")
@@ -417,6 +477,18 @@ def _eval_gpus(gpus: Optional[int]) -> int:
     return default_gpus() if gpus is None else gpus
 
 
+def _run_inputs(checkpoint: Optional[Path], train: Optional[str] = None, val: Optional[str] = None,
+                need_data: bool = False) -> tuple[Path, Optional[str], Optional[str], Optional[Path]]:
+    """``--checkpoint`` (and ``--train``/``--val``) as given, or the latest run under ./runs and the sets it
+    was trained from (see :mod:`dino_pipe.workspace`); each choice printed on stderr. Returns the run folder too."""
+    from dino_pipe.workspace import eval_inputs
+
+    checkpoint, train, val, run, notes = eval_inputs(checkpoint, train, val, need_data)
+    for note in notes:
+        err.print(note, highlight=False, soft_wrap=True)
+    return checkpoint, train, val, run
+
+
 def _eval_overrides(overrides: Optional[list[str]], **options: Any) -> list[str]:
     """Dotted overrides from the named options that were given, then the positional ones."""
     out = [f"{key}={value}" for key, value in options.items() if value is not None]
@@ -430,10 +502,14 @@ def eval_knn_cmd(
         None, help="Config overrides: section.key=value ... (e.g. eval.knn_chunk_size=256)."
     ),
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+        None, "--checkpoint", help="Checkpoint file, or a run directory (default: the latest run under ./runs)."
     ),
-    train: Optional[str] = typer.Option(None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank."),
-    val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set (folder or s3://…): the queries."),
+    train: Optional[str] = typer.Option(
+        None, "--train", help="Labelled shard set (folder or s3://…): the k-NN bank (default: the run's)."
+    ),
+    val: Optional[str] = typer.Option(
+        None, "--val", help="Labelled shard set (folder or s3://…): the queries (default: val/ beside the run's)."
+    ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="teacher: the DINO protocol."),
     random_init: bool = typer.Option(
         False, "--random-init", help="Untrained network of the same architecture (baseline)."
@@ -454,7 +530,8 @@ def eval_knn_cmd(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs, one process each (0 = CPU; default: all visible)."),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
     json_path: Optional[Path] = typer.Option(
-        None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here."
+        None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here "
+        "(default without --checkpoint: RUN/knn.json)."
     ),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
@@ -463,6 +540,11 @@ def eval_knn_cmd(
     from dino_pipe.eval.knn_eval import evaluate_knn
 
     check_outputs({"--json": json_path}, {"--save-features": save_features})
+    if not load_features and (checkpoint is None or train is None or val is None):
+        defaulted = checkpoint is None
+        checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
+        if defaulted and json_path is None and run is not None:
+            json_path = run / "knn.json"
     result = evaluate_knn(
         checkpoint,
         train and _local_shardset(train),
@@ -497,7 +579,34 @@ def eval_knn_cmd(
               f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
+    _print_worst_classes(result["results"], d["train"])
     write_json(json_path, result)
+
+
+def _class_label(facts: dict, c: int) -> str:
+    """A class as the tables show it: its folder name (an ImageNet wnid), and its human name when known."""
+    classes, names = facts.get("classes") or [], facts.get("class_names") or []
+    label = str(classes[c]) if c < len(classes) else f"class {c}"
+    return f"{label} {names[c]}" if c < len(names) else label
+
+
+def _print_class_names(facts: dict, shown: int = 4) -> None:
+    """The first classes with their human names, when the shard set's manifest has them (ImageNet wnids)."""
+    names = facts.get("class_names")
+    if names:
+        pairs = ", ".join(_class_label(facts, c) for c in range(min(shown, len(names))))
+        more = f", … ({len(names)} in data.train.class_names of the JSON)" if len(names) > shown else ""
+        out.print(f"classes: {pairs}{more}", highlight=False, soft_wrap=True)
+
+
+def _print_worst_classes(results: list[dict], facts: dict, shown: int = 5) -> None:
+    """The classes k-NN gets wrong most (at k = 20, or the first k), named as the shard set names them."""
+    row = next((r for r in results if r["k"] == 20), results[0])
+    per_class = [(acc, c) for c, acc in enumerate(row.get("class_top1") or []) if acc is not None]
+    if len(per_class) < 2:
+        return
+    worst = ", ".join(f"{_class_label(facts, c)} {acc:.1f}" for acc, c in sorted(per_class)[:shown])
+    out.print(f"worst classes at k = {row['k']} (top-1 %): {worst}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command("linear")
@@ -506,13 +615,17 @@ def eval_linear_cmd(
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Config overrides: section.key=value ... (e.g. eval.linear_n_last_blocks=1)."
     ),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Checkpoint file, or a run directory (default: the latest run under ./runs)."
     ),
-    train: str = typer.Option(..., "--train", help="Labelled shard set (folder or s3://…) to train the classifier on."),
-    val: str = typer.Option(..., "--val", help="Labelled shard set (folder or s3://…) to report top-1/top-5 on."),
-    out_dir: Path = typer.Option(
-        ..., "--out", "-o", help="Output folder: linear.json + linear_state.pt (rerun to resume)."
+    train: Optional[str] = typer.Option(
+        None, "--train", help="Labelled shard set (folder or s3://…) for the classifier (default: the run's)."
+    ),
+    val: Optional[str] = typer.Option(
+        None, "--val", help="Labelled shard set (folder or s3://…) to report on (default: val/ beside the run's)."
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder: linear.json + linear_state.pt, rerun to resume (default: the run)."
     ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
     random_init: bool = typer.Option(
@@ -541,6 +654,12 @@ def eval_linear_cmd(
 
     from dino_pipe.eval.linear import evaluate_linear
 
+    checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
+    if out_dir is None:
+        if run is None:
+            raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
+        out_dir = run
+        err.print(f"output: {out_dir}/linear.json (the run; --out to choose)", highlight=False)
     check_outputs(folders={"--out": out_dir})
     opts = {"eval.linear_epochs": epochs, "eval.linear_lr": lr, "eval.batch_size": batch_size,
             "eval.linear_n_last_blocks": n_last_blocks,
@@ -572,6 +691,7 @@ def eval_linear_cmd(
             f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}"
         )
     out.print(table)
+    _print_class_names(result.get("data", {}).get("train", {}))
     if best:
         out.print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f} %, top-5 {best['top5']:.2f} %"
                   f"{'' if result['complete'] else ' (not finished: rerun to resume)'}", highlight=False)
@@ -582,10 +702,12 @@ def eval_linear_cmd(
 @user_errors
 def viz_attention_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size: cropped to a multiple of the patch)."),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Checkpoint file, or a run directory (default: the latest run under ./runs)."
     ),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <image>-attention.png and attention.json."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Folder for <image>-attention.png and attention.json (default: RUN/attention)."
+    ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
     random_init: bool = typer.Option(
         False, "--random-init", help="Untrained network of the same architecture (baseline)."
@@ -606,6 +728,12 @@ def viz_attention_cmd(
 
     from dino_pipe.eval.attention import render_attention
 
+    checkpoint, _, _, run = _run_inputs(checkpoint)
+    if out_dir is None:
+        if run is None:
+            raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
+        out_dir = run / "attention"
+        err.print(f"output: {out_dir} (in the run; --out to choose)", highlight=False)
     check_outputs(folders={"--out": out_dir})
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -633,17 +761,23 @@ def viz_attention_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", help="Checkpoint file, or a run directory (its newest checkpoint)."
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Checkpoint file, or a run directory (default: the latest run under ./runs)."
     ),
-    out_file: Path = typer.Option(
-        ..., "--out", "-o", help="Output FILE.safetensors (a FILE.json sidecar goes beside it)."
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output FILE.safetensors + FILE.json sidecar (default: RUN/backbone.safetensors)."
     ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
 ) -> None:
     """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
     from dino_pipe.eval.export import export_backbone, sidecar_path
 
+    checkpoint, _, _, run = _run_inputs(checkpoint)
+    if out_file is None:
+        if run is None:
+            raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
+        out_file = run / "backbone.safetensors"
+        err.print(f"output: {out_file} (in the run; --out to choose)", highlight=False)
     info = export_backbone(checkpoint, out_file, which=which)
     out.print(f"wrote {info['file']} ({info['parameters']:,} parameters, {info['arch']}, {which} @ step "
               f"{info['source']['step']}) and {sidecar_path(out_file)}", highlight=False)
@@ -653,7 +787,9 @@ def export_cmd(
 @viz_app.command("curves")
 @user_errors
 def viz_curves_cmd(
-    run_dir: Path = typer.Argument(..., help="A dino-pipe train run directory (reads its metrics.jsonl)."),
+    run_dir: Optional[Path] = typer.Argument(
+        None, help="A dino-pipe train run directory, reads its metrics.jsonl (default: the latest run under ./runs)."
+    ),
     knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --json); repeat."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
     k: int = typer.Option(20, "--k", help="Which k of the k-NN results to draw."),
@@ -661,6 +797,11 @@ def viz_curves_cmd(
     """The loss and teacher entropy per step and k-NN top-1 per checkpoint, as one PNG."""
     from dino_pipe.eval.curves import plot_curves
 
+    if run_dir is None:
+        run_dir = _run_inputs(None)[0]
+    if not knn and (Path(run_dir) / "knn.json").is_file():
+        knn = [Path(run_dir) / "knn.json"]
+        err.print(f"k-NN points: {knn[0]} (--knn to choose)", highlight=False)
     png = out_file or Path(run_dir) / "curves.png"
     check_outputs({"--out": png, "--out (its .json)": png.with_suffix(".json")})
     result = plot_curves(run_dir, png, knn or [], k=k)

@@ -1,8 +1,8 @@
 """One typed config tree: dataclasses, loaded from ``configs/*.yaml``, with dotted overrides.
 
-``load_config("configs/vit_small_imagenet.yaml", ["optim.base_lr=1e-3", "data.n_local=10"])``
-returns a validated :class:`Config`. Unknown keys and values of the wrong type raise
-:class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
+``load_config("configs/vit_small_imagenet.yaml", ["optim.base_lr=1e-3", "data.n_local=10"])`` (or the preset's
+name alone, ``load_config("vit_small_imagenet")``) returns a validated :class:`Config`. Unknown keys and values
+of the wrong type raise :class:`~dino_pipe.errors.UserError` naming the dotted key, so the CLI prints one line.
 
 A preset may name another with ``base: other.yaml`` (relative to itself); its keys override
 the base's (dict-valued keys such as ``model.arch_kwargs`` merge). A dotted override of a dict-valued
@@ -58,7 +58,13 @@ class DataConfig:
     """The DINO multi-crop recipe (defaults: the reference DINO augmentation) and loader knobs."""
 
     batch_size: int = 64
-    """Images per step per process (per GPU)."""
+    """Images per step per process (per GPU). Used when ``global_batch_size`` is 0; an explicit
+    ``--batch-size`` or ``data.batch_size=N`` override sets ``global_batch_size`` to 0, so it wins."""
+    global_batch_size: int = 0
+    """Images per step over all processes, as the run a preset reproduces states it (e.g. 1,024 for 16 GPUs x
+    64). When > 0 the per-process batch is global_batch_size / processes (it must divide) and data.batch_size
+    is ignored; the learning rate scales with it (lr = optim.base_lr x global batch / 256). 0 = data.batch_size
+    per process."""
     global_size: int = 224
     """Side of the two global crops (pixels)."""
     global_scale: tuple[float, float] = (0.4, 1.0)
@@ -453,10 +459,18 @@ def _fix_yaml_floats(d: Any) -> Any:
 
 
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A validated Config from a plain dict (e.g. a checkpoint's ``config``) plus dotted overrides."""
+    """A validated Config from a plain dict (e.g. a checkpoint's ``config``) plus dotted overrides.
+
+    An override of ``data.batch_size`` (a per-process batch asked for explicitly) also sets
+    ``data.global_batch_size`` to 0 unless the overrides set that too: the batch typed wins over the preset's.
+    """
     data = copy.deepcopy(data)
-    for o in overrides:
-        _apply_override(data, parse_override(o))
+    parsed = [parse_override(o) for o in overrides]
+    for o in parsed:
+        _apply_override(data, o)
+    given = [set((o.get("data") or {}) if isinstance(o.get("data"), dict) else ()) for o in parsed]
+    if any("batch_size" in g for g in given) and not any("global_batch_size" in g for g in given):
+        data.setdefault("data", {})["global_batch_size"] = 0
     cfg = Config()
     _merge_into(cfg, _fix_yaml_floats(data))
     validate(cfg)
@@ -464,8 +478,43 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a preset (or the defaults when ``path`` is None) and apply dotted overrides."""
-    return config_from_dict(_read_yaml(Path(path)) if path else {}, overrides)
+    """Load a preset (a path, or a name in ``configs/``; the defaults when ``path`` is None) and apply
+    dotted overrides."""
+    return config_from_dict(_read_yaml(find_preset(path)) if path else {}, overrides)
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""The presets shipped beside the package (``configs/*.yaml`` of the source tree)."""
+DEFAULT_PRESET = "vit_small_imagenet"
+"""The preset ``dino-pipe train`` uses without ``--config``: ViT-S/16, the reference DINO 100-epoch run."""
+
+
+def find_preset(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it exists, else the preset of that name in ``configs/``
+    (``vit_small_best`` or ``vit_small_best.yaml``); a missing one is a UserError listing the presets."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.parent in (Path("."), Path("configs")):  # a bare name, or configs/NAME typed outside the source tree
+        for candidate in (PRESETS_DIR / p.name, PRESETS_DIR / f"{p.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml"))) or "none found"
+    raise UserError(f"config file {p} not found (presets in {PRESETS_DIR}: {known})")
+
+
+def resolve_batch(cfg: Config, world_size: int) -> Config:
+    """The config one of ``world_size`` processes trains with: ``data.batch_size`` = the preset's
+    ``data.global_batch_size`` / ``world_size`` when that is set (a copy; ``cfg`` is unchanged)."""
+    g = cfg.data.global_batch_size
+    if g <= 0:
+        return cfg
+    if g % world_size:
+        raise UserError(f"config key data.global_batch_size: {g} does not divide by the {world_size} processes; "
+                        f"use a process count that divides it, or set a per-process batch with --batch-size")
+    out = copy.deepcopy(cfg)
+    out.data.batch_size = g // world_size
+    return out
 
 
 def vit_patch_size(m: ModelConfig) -> int | None:
@@ -500,6 +549,7 @@ def validate(cfg: Config) -> None:
     _check_choices(cfg)
     d = cfg.data
     need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    need(d.global_batch_size >= 0, "data.global_batch_size", "must be >= 0 (0 = data.batch_size per process)")
     need(d.global_size >= 8, "data.global_size", "must be >= 8 pixels")
     need(d.local_size >= 8, "data.local_size", "must be >= 8 pixels")
     need(d.n_local >= 0, "data.n_local", "must be >= 0")

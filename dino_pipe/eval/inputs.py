@@ -66,14 +66,18 @@ def labelled_shardset(path: str | Path) -> dict:
 
     Reads the manifest only: the content check (sha256, labels) is done by the loaders that read the
     shards, each process on its share, so a job hashes every shard once."""
-    from dino_pipe.data.shardset import open_shardset
+    from dino_pipe.data.shardset import open_shardset, read_manifest
 
     s = open_shardset(path, check=False)
     if not s.labeled or not s.classes:
         raise UserError(f"shard set {path}: unlabeled (manifest has no classes); k-NN and linear probes need labels")
-    return {
+    facts = {
         "path": str(Path(path).resolve()),
         "num_samples": s.num_samples,
         "num_classes": s.num_classes,
         "classes": list(s.classes),
     }
+    names = read_manifest(Path(path)).get("class_names")  # human names beside the wnids (ImageNet), when known
+    if isinstance(names, list) and len(names) == len(s.classes):
+        facts["class_names"] = [str(n) for n in names]
+    return facts

@@ -29,16 +29,26 @@ from torch import Tensor
 
 @dataclass
 class KnnScores:
-    """Counts of correct top-1 / top-5 predictions per k, over ``total`` queries."""
+    """Counts of correct top-1 / top-5 predictions per k, over ``total`` queries; top-1 also per class."""
 
     total: int = 0
     top1: dict[int, int] = field(default_factory=dict)
     top5: dict[int, int] = field(default_factory=dict)
+    class_top1: dict[int, Tensor] = field(default_factory=dict)
+    """Per k: correct top-1 predictions of each class's queries."""
+    class_total: Tensor | None = None
+    """Queries of each class."""
 
     def accuracy(self) -> dict[int, dict[str, float]]:
         """``{k: {"top1": %, "top5": %}}``."""
         t = max(self.total, 1)
         return {k: {"top1": 100.0 * self.top1[k] / t, "top5": 100.0 * self.top5[k] / t} for k in sorted(self.top1)}
+
+    def class_accuracy(self) -> dict[int, list[float | None]]:
+        """``{k: [top-1 % of each class]}`` (None for a class without queries)."""
+        n = self.class_total.tolist() if self.class_total is not None else []
+        return {k: [100.0 * h / t if t else None for h, t in zip(hits.tolist(), n)]
+                for k, hits in sorted(self.class_top1.items())}
 
 
 def merge_topk(similarities: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -132,7 +142,9 @@ def knn_classify(
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
     k_max = max(ks)
-    scores = KnnScores(total=0, top1={k: 0 for k in ks}, top5={k: 0 for k in ks})
+    scores = KnnScores(total=0, top1={k: 0 for k in ks}, top5={k: 0 for k in ks},
+                       class_top1={k: torch.zeros(num_classes, dtype=torch.long) for k in ks},
+                       class_total=torch.zeros(num_classes, dtype=torch.long))
     n_top = min(5, num_classes)
     for start in range(0, queries.shape[0], query_chunk):
         q = queries[start : start + query_chunk]
@@ -145,6 +157,8 @@ def knn_classify(
             hit = predicted == target[:, None]
             scores.top1[k] += int(hit[:, 0].sum())
             scores.top5[k] += int(hit.any(dim=1).sum())
+            scores.class_top1[k] += torch.bincount(target[hit[:, 0]], minlength=num_classes).cpu()
+        scores.class_total += torch.bincount(target.clamp(min=0), minlength=num_classes).cpu()
         scores.total += q.shape[0]
         if progress is not None:
             progress(q.shape[0])

@@ -132,7 +132,7 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
     t_knn = time.perf_counter() - t1
     if not ctx.is_main:
         return None
-    acc = scores.accuracy()
+    acc, per_class = scores.accuracy(), scores.class_accuracy()
     return {
         "protocol": "knn",
         "checkpoint": job.source,
@@ -154,7 +154,8 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
             "normalized": True,
         },
         "results": [
-            {"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)], **k_note(k, n_train, num_classes)}
+            {"k": k, "k_effective": min(k, n_train), **acc[min(k, n_train)], **k_note(k, n_train, num_classes),
+             "class_top1": per_class[min(k, n_train)]}
             for k in job.ks
         ],
         "features": {"saved": job.save_features, "loaded": job.load_features},

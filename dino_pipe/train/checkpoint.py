@@ -5,6 +5,7 @@ Layout inside a run directory::
     RUN_DIR/.dino-pipe-run               marks the folder as a run (written first; --out
                                          refuses any other non-empty folder)
     RUN_DIR/config.yaml                  the resolved config of the run
+    RUN_DIR/data.json                    the shard set it trains on ({"train": absolute path or synthetic:N})
     RUN_DIR/metrics.jsonl                one JSON line per logged step
     RUN_DIR/summary.json                 the result of a finished run
     RUN_DIR/checkpoints/step-00001234.pt
@@ -57,6 +58,32 @@ def mark_run_dir(run_dir: str | Path) -> None:
 
     if not (Path(run_dir) / RUN_MARKER).is_file():
         atomic_write_json(Path(run_dir) / RUN_MARKER, {"format": "dino-pipe-run", "version": 1})
+
+
+DATA_RECORD = "data.json"
+
+
+def data_key(data: str | Path) -> str:
+    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` as given."""
+    text = str(data)
+    return text if text.startswith("synthetic") else str(Path(data).resolve())
+
+
+def record_data(run_dir: str | Path, data: str | Path) -> None:
+    """Note in the run which shard set it trains on, so that evaluation can find it (and its val/ sibling)."""
+    from dino_pipe.atomic import atomic_write_json
+
+    atomic_write_json(Path(run_dir) / DATA_RECORD, {"train": data_key(data)})
+
+
+def recorded_data(run_dir: str | Path) -> str | None:
+    """The shard set a run trains on, as :func:`record_data` noted it (None for runs made before the note)."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / DATA_RECORD).read_text()).get("train")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -174,10 +201,11 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 # -- the checkpoint manager of a training run ----------------------------------------------------
 
-# Config keys that may differ when a run is resumed (they do not change the computation).
+# Config keys that may differ when a run is resumed (they do not change the computation; data.global_batch_size
+# only sets data.batch_size, which is compared, resolved for the run's process count, which is compared too).
 RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
                      "train.log_every_steps", "train.collapse_check_every_steps", "train.compile",
-                     "data.threads", "data.prefetch", "data.hw_decoder_load", "eval.")
+                     "data.threads", "data.prefetch", "data.hw_decoder_load", "data.global_batch_size", "eval.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

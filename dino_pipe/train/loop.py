@@ -30,10 +30,10 @@ import torch
 import yaml
 
 from dino_pipe.atomic import atomic_write_json, atomic_write_text
-from dino_pipe.config import Config
+from dino_pipe.config import Config, resolve_batch
 from dino_pipe.errors import UserError
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import RUN_MARKER, CheckpointManager, is_run_dir, load_checkpoint
+from dino_pipe.train.checkpoint import RUN_MARKER, CheckpointManager, is_run_dir, load_checkpoint, record_data
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
 
@@ -144,7 +144,7 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
 def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,
                extend: bool = False) -> dict | None:
     """One rank's whole run (the process group is set up around it by :func:`D.launch`). Rank 0 returns the summary."""
-    return _Run(env, cfg, data, Path(output), progress, extend).run()
+    return _Run(env, resolve_batch(cfg, env.world_size), data, Path(output), progress, extend).run()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,3 +225,4 @@ class _Run:
         trim_metrics(self.run_dir, ckpt["step"] if ckpt is not None else None)
         (self.run_dir / "summary.json").unlink(missing_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        record_data(self.run_dir, self.data)

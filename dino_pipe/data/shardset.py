@@ -102,6 +102,21 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str | None = None
     _verified.add(key)
 
 
+def _member_at(f, offset: int, name: str) -> bool:
+    """The tar member whose data starts at ``offset`` is named ``name`` (its ustar header is the 512 bytes
+    before; names over 100 bytes, which need a long-name record, are not compared)."""
+    if len(name.encode()) >= 100:
+        return True
+    if offset < 512:
+        return False
+    f.seek(offset - 512)
+    header = f.read(512)
+    if len(header) < 512:
+        return False
+    base, prefix = header[:100].split(b"\0")[0], header[345:500].split(b"\0")[0]
+    return (prefix + b"/" + base if prefix else base) == name.encode()
+
+
 def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: int, what: str) -> None:
     """Every ``.cls`` member of ``tar`` (located through its ``.idx``) is an integer in ``[0, num_classes)``."""
     st, ist = os.stat(tar), os.stat(idx)
@@ -121,6 +136,11 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
                     size = int(tok[k + 2])
                 except ValueError:
                     raise UserError(f"{what}: index {Path(idx).name} is damaged (rebuild it: wds2idx)") from None
+                if not _member_at(f, int(tok[k + 1]), tok[k + 3]):
+                    raise UserError(f"{what}: index {Path(idx).name} does not match {Path(tar).name} (member "
+                                    f"{tok[k + 3]} is not at the offset it gives; an index of another shard?); "
+                                    f"rebuild it (wds2idx {Path(tar).name} {Path(idx).name}) or re-shard")
+                f.seek(int(tok[k + 1]))
                 text = f.read(min(size, 32)).strip()
                 if not text.isdigit() or (num_classes and int(text) >= num_classes):
                     sample = tok[k + 3].rsplit(".", 1)[0]

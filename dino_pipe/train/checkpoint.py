@@ -107,19 +107,35 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
     """The reader evaluation uses: a checkpoint file, or a run directory's newest -> (its path, its contents)."""
     found = find_checkpoint(path)
-    return found, load_checkpoint(found)
+    return found, load_checkpoint(found, resuming=False)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError."""
+def _torch_file(p: Path) -> bool:
+    """The file starts like what ``torch.save`` writes (a zip archive, or a legacy pickle)."""
+    with open(p, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
+    """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError.
+
+    ``resuming``: the hint for a damaged file is about resuming the run (else about choosing another file)."""
     p = find_checkpoint(path)
+    in_run = p.parent.name == "checkpoints" and bool(_NAME.match(p.name))
+    if not in_run and not _torch_file(p):
+        raise UserError(f"{p}: not a checkpoint (not a file `dino-pipe train` writes); give a checkpoint "
+                        "RUN_DIR/checkpoints/step-XXXXXXXX.pt or a run folder RUN_DIR")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torn/garbage file, or a pickle that is not plain data
         if isinstance(e, PermissionError):
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]}); {previous_hint(p)}") from None
+        if "weights only load failed" in reason.lower():  # torch's advice to unpickle untrusted code: not ours
+            reason = "it holds Python objects, not only tensors and plain values"
+        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]}); {previous_hint(p, resuming)}") \
+            from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p}: not a dino-pipe checkpoint (missing format '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -132,10 +148,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def previous_hint(path: str | Path) -> str:
-    """What to do about a bad checkpoint file: move it aside so the previous one (named) is used."""
+def previous_hint(path: str | Path, resuming: bool = True) -> str:
+    """What to do about a bad checkpoint file: resuming, move it aside so the previous one (named) is used;
+    reading (evaluation, export), give the previous one."""
     p = Path(path)
     older = [c for c in list_checkpoints(p.parent.parent) if c.name < p.name] if p.parent.name == "checkpoints" else []
+    if not resuming:
+        return f"give another checkpoint, e.g. the previous one {older[-1]}" if older else "give another checkpoint"
     if older:
         return f"move it aside (e.g. rename it to {p.name}.bad) to use the previous checkpoint {older[-1]}"
     return "no earlier checkpoint in this run: restart the run in a new --out"

@@ -9,7 +9,6 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -138,7 +137,9 @@ FORCE_HELP = "Replace output files that already exist (refused otherwise)."
 
 
 def print_json(result: Any) -> None:
-    out.print_json(json.dumps(result.to_dict() if hasattr(result, "to_dict") else result))
+    from dino_pipe.atomic import json_text
+
+    out.print_json(json_text(result.to_dict() if hasattr(result, "to_dict") else result))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,9 +469,7 @@ def eval_knn_cmd(
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
     from rich.table import Table
 
-    from dino_pipe.eval.knn_eval import evaluate_knn
-
-    from dino_pipe.eval.knn_eval import feature_file
+    from dino_pipe.eval.knn_eval import evaluate_knn, feature_file
 
     saved = {feature_file(save_features, split): ("--save-features", f"written into {save_features}")
              for split in ("train", "val")} if save_features else {}

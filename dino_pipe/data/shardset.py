@@ -77,6 +77,19 @@ def read_manifest(root: Path) -> dict:
     return load_manifest(root)
 
 
+def content_identity(root: str | os.PathLike) -> str:
+    """What the shard set in ``root`` holds, as a short hash of its manifest's shard list (names, sizes,
+    sha256s, samples) and classes: the same for a copy moved elsewhere or fetched from ``s3://`` into the
+    cache, different for another set. A resumed run compares it with the one it was trained on."""
+    import hashlib
+    import json
+
+    m = read_manifest(Path(root))
+    shards = [[e.get("file"), e.get("bytes"), e.get("sha256"), e.get("samples")] for e in m["shards"]]
+    text = json.dumps({"shards": shards, "classes": m.get("classes") or [], "num_samples": m["num_samples"]})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

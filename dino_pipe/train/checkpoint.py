@@ -237,8 +237,10 @@ class CheckpointManager:
     centre; every rank's loader position and RNG states), written atomically with the newest
     ``train.keep_checkpoints`` kept. ``last`` is the newest checkpoint of the run (None before one)."""
 
-    def __init__(self, run_dir: Path, cfg, env):
+    def __init__(self, run_dir: Path, cfg, env, data_identity: str | None = None, data_path: str | None = None):
         self.run_dir, self.cfg, self.env = Path(run_dir), cfg, env
+        self.data_identity = data_identity  # what the data holds (recorded in each save, checked on resume)
+        self.data_path = data_path
         self.last: Path | None = None
 
     def prepare(self) -> None:
@@ -275,6 +277,11 @@ class CheckpointManager:
         if diffs:
             raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
                             "rerun with the same config to resume, or use a new --out")
+        trained_on = ckpt.get("data_identity")  # absent in checkpoints written before it was recorded
+        if trained_on and self.data_identity and trained_on != self.data_identity:
+            raise UserError(f"{self.run_dir} was trained on other data ({ckpt.get('data_path')}, content "
+                            f"{trained_on}; the --data given holds {self.data_identity}); resume with the data it was "
+                            "trained on, or use a new --out")
         if ckpt.get("world_size", 1) != self.env.world_size:
             raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
                             f"number (not {self.env.world_size}) or use a new --out")
@@ -320,7 +327,8 @@ class CheckpointManager:
         if env.is_main:
             state = {"config": self.cfg.to_dict(), "step": step, "epoch": step // steps_per_epoch,
                      "world_size": env.world_size, **trainer.state_dict(),
-                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas}
+                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas,
+                     "data_identity": self.data_identity, "data_path": self.data_path}
             self.last = save_checkpoint(self.run_dir, state, keep=self.cfg.train.keep_checkpoints)
         D.barrier(env)
         if not env.is_main:

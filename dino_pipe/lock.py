@@ -28,8 +28,8 @@ def _holder(f: IO) -> str:
     """Who holds the lock, from the file's contents (empty while the holder is still writing them)."""
     f.seek(0)
     try:
-        info = json.loads(f.read() or "{}")
-    except json.JSONDecodeError:
+        info = json.loads(f.read() or b"{}")
+    except ValueError:
         info = {}
     if not info.get("pid"):
         return "another dino-pipe process"
@@ -41,7 +41,7 @@ def _open_locked(path: Path, option: str) -> IO:
     """Open ``path`` and take its exclusive flock (not waiting); the file must still be the one at ``path``
     after locking (a holder ending in between removes it: then try again with the new file)."""
     while True:
-        f = open(path, "a+", encoding="utf-8")
+        f = open(path, "a+b", buffering=0)  # unbuffered: nothing left to flush (and fail) at close
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,6 +60,19 @@ def _open_locked(path: Path, option: str) -> IO:
         f.close()
 
 
+def _write_holder(f: IO) -> None:
+    """Record who holds the lock; best effort (on a full disk the run itself then says what failed)."""
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+            "command": " ".join(["dino-pipe", *sys.argv[1:]])[:300]}
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(info).encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            f.truncate(0)
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[None]:
     """Hold the lock of ``folder`` (created if missing) for the ``with`` block; a second holder -> UserError
@@ -70,11 +83,7 @@ def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[No
     path = folder / LOCK_NAME
     f = _open_locked(path, option)
     try:
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                            "command": " ".join(["dino-pipe", *sys.argv[1:]])[:300]}))
-        f.flush()
+        _write_holder(f)
         yield
     finally:
         with contextlib.suppress(OSError):

@@ -231,8 +231,9 @@ class _Run:
             loader.close()
         cfg = self.cfg.train
         if self.extend and stop_at == total:
-            raise UserError(f"--extend: {self.run_dir} is already at step {step}; {cfg.epochs} epochs are {total} "
-                            "steps: give more epochs than the run has done (--epochs)")
+            where = "beyond" if step > total else "at the end of"
+            raise UserError(f"--extend: {self.run_dir} is at step {step}, {where} {cfg.epochs} epochs ({total} steps): "
+                            "nothing to train; give more epochs than the run has done (--epochs)")
         if stop_at < total:
             how = f"raise train.max_steps (now {cfg.max_steps}; 0 = no limit) to train on to step {total}"
         else:

@@ -308,3 +308,57 @@ def test_resume_on_other_data_is_refused(tmp_path, tiny_shardset, photos):
     torch.save(state, last)
     code, output = run_cli(*train_args(run, "train.max_steps=3", data=other))
     assert code == 0, output
+
+
+# ------------------------------------------------------------------ 15. a torchrun job restarted after a lost rank
+
+_FAULTY_RANK = """
+import os, signal, sys
+from dino_pipe.train import checkpoint as C
+
+if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and os.environ.get("RANK") == "1":
+    save = C.CheckpointManager.save
+
+    def save_then_die(self, trainer, loader, step, steps_per_epoch):
+        save(self, trainer, loader, step, steps_per_epoch)
+        if step >= 2:  # the process is lost right after the checkpoint of step 2
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    C.CheckpointManager.save = save_then_die
+from dino_pipe.cli import main
+
+sys.argv = ["dino-pipe", *sys.argv[1:]]
+main()
+"""
+
+
+def _torchrun(script: Path, run: Path) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", str(script),
+           "train", "--data", "synthetic:32", "--out", str(run), "--gpus", "0", "-q", *TINY,
+           "train.checkpoint_every_steps=2"]  # 2 ranks x batch 4: 4 steps per epoch
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_restart_after_a_lost_rank_equals_an_uninterrupted_run(tmp_path):
+    if not Path(sys.executable).with_name("torchrun").exists():
+        pytest.skip("no torchrun beside this python")
+    script = tmp_path / "faulty_rank.py"
+    script.write_text(_FAULTY_RANK)
+    plain = tmp_path / "plain.py"
+    plain.write_text("import sys\nfrom dino_pipe.cli import main\nsys.argv = ['dino-pipe', *sys.argv[1:]]\nmain()\n")
+    full, restarted = tmp_path / "full", tmp_path / "restarted"
+    res = _torchrun(plain, full)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _torchrun(script, restarted)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"resumed_from"' in res.stdout and "step-00000002.pt" in res.stdout, res.stdout[-2000:]
+    a = torch.load(full / "checkpoints" / "step-00000004.pt", weights_only=True)
+    b = torch.load(restarted / "checkpoints" / "step-00000004.pt", weights_only=True)
+    for part in ("student", "teacher"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), f"{part}.{k}"
+    assert torch.equal(a["center"], b["center"])
+    assert not (restarted / ".dino-pipe.lock").exists()

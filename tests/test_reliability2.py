@@ -198,6 +198,21 @@ def test_swapped_index_files_are_named(tmp_path, tiny_shardset, ckpt):
     assert "index shard-000000.idx does not match shard-000000.tar" in line and "label" not in line
 
 
+def test_swapped_index_files_of_an_unlabelled_set(tmp_path, tiny_shardset):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_shardset, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest.update(classes=[], labeled=False)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    a, b = data / "shard-000001.idx", data / "shard-000002.idx"
+    text_a, text_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(text_b)
+    b.write_bytes(text_a)
+    line = one_error_line(*train_args(tmp_path / "run", data=data), code=2)
+    assert "index shard-000001.idx does not match shard-000001.tar" in line
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ 9-10. one writer per output folder
 
 _HOLD = """

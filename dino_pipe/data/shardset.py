@@ -130,6 +130,28 @@ def _member_at(f, offset: int, name: str) -> bool:
     return (prefix + b"/" + base if prefix else base) == name.encode()
 
 
+def _mismatch(tar: str | os.PathLike, idx: str | os.PathLike, what: str, member: str) -> UserError:
+    return UserError(f"{what}: index {Path(idx).name} does not match {Path(tar).name} (member {member} is not at the "
+                     f"offset it gives; an index of another shard?); rebuild it (wds2idx {Path(tar).name} "
+                     f"{Path(idx).name}) or re-shard")
+
+
+def check_index(tar: str | os.PathLike, idx: str | os.PathLike, what: str) -> None:
+    """The first and last samples of ``idx`` are where it says in ``tar`` (catches an index of another shard;
+    a labelled set's :func:`check_labels` checks every label member this way)."""
+    with open(idx, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()[1:]
+    with open(tar, "rb") as f:
+        for line in {lines[0], lines[-1]} if lines else ():
+            tok = line.split()
+            try:
+                found = len(tok) >= 4 and _member_at(f, int(tok[1]), tok[3])
+            except ValueError:
+                raise UserError(f"{what}: index {Path(idx).name} is damaged (rebuild it: wds2idx)") from None
+            if not found:
+                raise _mismatch(tar, idx, what, tok[3] if len(tok) >= 4 else "?")
+
+
 def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: int, what: str) -> None:
     """Every ``.cls`` member of ``tar`` (located through its ``.idx``) is an integer in ``[0, num_classes)``."""
     st, ist = os.stat(tar), os.stat(idx)
@@ -150,9 +172,7 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
                 except ValueError:
                     raise UserError(f"{what}: index {Path(idx).name} is damaged (rebuild it: wds2idx)") from None
                 if not _member_at(f, int(tok[k + 1]), tok[k + 3]):
-                    raise UserError(f"{what}: index {Path(idx).name} does not match {Path(tar).name} (member "
-                                    f"{tok[k + 3]} is not at the offset it gives; an index of another shard?); "
-                                    f"rebuild it (wds2idx {Path(tar).name} {Path(idx).name}) or re-shard")
+                    raise _mismatch(tar, idx, what, tok[k + 3])
                 f.seek(int(tok[k + 1]))
                 text = f.read(min(size, 32)).strip()
                 if not text.isdigit() or (num_classes and int(text) >= num_classes):
@@ -165,7 +185,8 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
 
 
 def check_content(shards: "ShardSet", sha256s: list[str | None], part: tuple[int, int] = (0, 1)) -> None:
-    """sha256 of every shard vs the manifest, and (labelled sets) every label in range; parallel threads.
+    """sha256 of every shard vs the manifest, each index against its tar, and (labelled sets) every label in
+    range; parallel threads.
 
     ``part=(rank, world_size)``: check only every ``world_size``-th shard from ``rank`` (the ranks of a
     job together check every shard once, each with its share of the cores)."""
@@ -177,6 +198,8 @@ def check_content(shards: "ShardSet", sha256s: list[str | None], part: tuple[int
             check_sha256(shards.tars[i], sha256s[i], what)
         if shards.labeled:
             check_labels(shards.tars[i], shards.indexes[i], shards.num_classes, what)
+        else:
+            check_index(shards.tars[i], shards.indexes[i], what)
 
     rank, world = part
     mine = range(rank, len(shards.tars), world)

@@ -25,6 +25,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dino_pipe.errors import UserError
 
@@ -81,7 +82,6 @@ def content_identity(root: str | os.PathLike) -> str:
     """What the shard set in ``root`` holds, as a short hash of its manifest's shard list (names, sizes,
     sha256s, samples) and classes: the same for a copy moved elsewhere or fetched from ``s3://`` into the
     cache, different for another set. A resumed run compares it with the one it was trained on."""
-    import hashlib
     import json
 
     m = read_manifest(Path(root))
@@ -115,7 +115,7 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str | None = None
     _verified.add(key)
 
 
-def _member_at(f, offset: int, name: str) -> bool:
+def _member_at(f: BinaryIO, offset: int, name: str) -> bool:
     """The tar member whose data starts at ``offset`` is named ``name`` (its ustar header is the 512 bytes
     before; names over 100 bytes, which need a long-name record, are not compared)."""
     if len(name.encode()) >= 100:
@@ -131,6 +131,7 @@ def _member_at(f, offset: int, name: str) -> bool:
 
 
 def _mismatch(tar: str | os.PathLike, idx: str | os.PathLike, what: str, member: str) -> UserError:
+    """The one line for an index that does not describe its tar (it names the index, not a label)."""
     return UserError(f"{what}: index {Path(idx).name} does not match {Path(tar).name} (member {member} is not at the "
                      f"offset it gives; an index of another shard?); rebuild it (wds2idx {Path(tar).name} "
                      f"{Path(idx).name}) or re-shard")

@@ -16,7 +16,8 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
      "student": {"backbone.<timm key>": Tensor, ..., "head.<key>": Tensor},
      "teacher": {... same keys ...},
      "optimizer": ..., "scaler": ..., "center": Tensor [1, out_dim],
-     "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...]}
+     "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...],
+     "data_identity": str, "data_path": str}   (what the shard set holds, by content; where it was)
 
 A file is renamed into place only after it is fully written and fsynced, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a torn file.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -47,8 +48,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -
         raise
 
 
-def check_output_file(path: str | os.PathLike, option: str) -> None:
-    """Before any work: ``path`` can become a file (it is not a folder, its parent is not a file)."""
+def check_output_file(path: str | os.PathLike, option: str, *, force: bool = False, why: str | None = None) -> None:
+    """Before any work: ``path`` can become a file (it is not a folder, its parent is not a file), and it
+    does not exist yet unless ``force`` (the ``--force`` of the command): no command replaces a file the
+    user already has without being told to. ``why`` says where an unnamed file comes from (e.g.
+    "written beside m.safetensors") so the refusal names what the user typed."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{option} {p}: is a folder; give a file name")
@@ -57,6 +61,10 @@ def check_output_file(path: str | os.PathLike, option: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{option} {p}: {parent} is a file, not a folder")
+    if not force and (p.exists() or p.is_symlink()):
+        if why:
+            raise UserError(f"{p} exists ({why}); use --force to replace it, or choose another {option}")
+        raise UserError(f"{option} {p}: exists; use --force to replace it, or give another name")
 
 
 def check_output_folder(path: str | os.PathLike, option: str) -> None:
@@ -79,14 +87,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN/Infinity float replaced by ``None``: bare ``NaN`` is not JSON (strict readers,
+    ``jq``, browsers refuse the whole file), ``null`` says "no value" in every language."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON of ``obj`` (non-finite floats written as ``null``, never as ``NaN``/``Infinity``)."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line (a whole line per write; a torn last line is skipped by readers)."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_text(record) + "\n")
         f.flush()
 
 

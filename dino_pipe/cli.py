@@ -9,7 +9,6 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -115,22 +114,34 @@ def write_json(path: Path | None, result: Any) -> None:
 
 
 def check_outputs(
-    files: Optional[dict[str, Optional[Path]]] = None, folders: Optional[dict[str, Optional[Path]]] = None
+    files: Optional[dict[str, Optional[Path]]] = None,
+    folders: Optional[dict[str, Optional[Path]]] = None,
+    *,
+    force: bool = False,
+    beside: Optional[dict[Path, tuple[str, str]]] = None,
 ) -> None:
     """Refuse output paths that cannot be written (a folder given for a file, a file for a folder)
-    before any work is done, rather than failing after it."""
+    before any work is done, rather than failing after it; and files that already exist unless
+    ``--force`` (``beside``: files written next to a named path, ``{file: (option, why)}``)."""
     from dino_pipe.atomic import check_output_file, check_output_folder
 
     for option, path in (files or {}).items():
         if path is not None:
-            check_output_file(path, option)
+            check_output_file(path, option, force=force)
     for option, path in (folders or {}).items():
         if path is not None:
             check_output_folder(path, option)
+    for path, (option, why) in (beside or {}).items():
+        check_output_file(path, option, force=force, why=why)
+
+
+FORCE_HELP = "Replace output files that already exist (refused otherwise)."
 
 
 def print_json(result: Any) -> None:
-    out.print_json(json.dumps(result.to_dict() if hasattr(result, "to_dict") else result))
+    from dino_pipe.atomic import json_text
+
+    out.print_json(json_text(result.to_dict() if hasattr(result, "to_dict") else result))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +176,8 @@ def shard_cmd(
     ),
     workers: int = typer.Option(0, help="Worker processes (0 = all cores); the output does not depend on it."),
     force: bool = typer.Option(
-        False, "--force", help="Replace a different shard set (or foreign tar/idx files) already in OUT."
+        False, "--force",
+        help="Replace a different shard set (or foreign tar/idx files) already in OUT, and an existing --json file.",
     ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -177,7 +189,7 @@ def shard_cmd(
     from dino_pipe.shards.options import ShardOptions
     from dino_pipe.shards.writer import shard_tree
 
-    check_outputs({"--json": json_path})
+    check_outputs({"--json": json_path}, force=force)
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
                            max_side=max_side, check=check, workers=workers)
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
@@ -221,6 +233,7 @@ def verify_cmd(
     device: str = typer.Option("auto", metavar="[auto|cpu|gpu]", help="auto: GPU decoding when CUDA is present."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Re-read a shard set: sha256 vs manifest, sample counts, .idx vs tar, every image decoded by DALI."""
     from rich import box
@@ -229,7 +242,7 @@ def verify_cmd(
     from dino_pipe.shards.verify import verify_shardset
     from dino_pipe.storage.url import is_remote
 
-    check_outputs({"--json": json_path})
+    check_outputs({"--json": json_path}, force=force)
     if is_remote(shardset):
         from dino_pipe.storage.verify import verify_remote
 
@@ -299,6 +312,7 @@ def bench_loader_cmd(
         "gaussian", "--interp", metavar="[gaussian|cubic|linear]", help="DALI crop resize filter (data.interp)."
     ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Images/s (and views/s) of the DALI multi-crop loader on a shard set."""
     from dino_pipe.config import DataConfig, Interp, check_choice
@@ -307,7 +321,7 @@ def bench_loader_cmd(
 
     if device not in ("cpu", "gpu", "cuda"):
         raise UserError(f"--device {device}: use cpu or gpu")
-    check_outputs({"--json": json_path})
+    check_outputs({"--json": json_path}, force=force)
     threads = threads or default_threads(DataConfig(), 1, "gpu" if device in ("gpu", "cuda") else "cpu")
     check_choice(interp, Interp, "--interp")
     result = bench_loader(
@@ -415,13 +429,14 @@ def config_show_cmd(
     ),
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: the number of CPU processes."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the resolved config as JSON here."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Print the resolved config (preset + base + overrides) as YAML, as `train` would use it."""
     import yaml
 
     from dino_pipe.config import DEFAULT_PRESET, load_config, resolve_batch
 
-    check_outputs({"--json": json_path})
+    check_outputs({"--json": json_path}, force=force)
     cfg = load_config(config or DEFAULT_PRESET, list(overrides or []))
     if gpus is not None:
         if gpus < 0 or procs < 1:
@@ -448,12 +463,13 @@ def bench_train_cmd(
     warmup: int = typer.Option(10, "--warmup", help="Untimed warm-up steps."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="1 = GPU (default when present), 0 = CPU."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Images/s of the training step (ViT-S/16, 2x224 + 10x96 by default): real shards vs synthetic tensors."""
     from dino_pipe.config import load_config
     from dino_pipe.train.bench import bench_train
 
-    check_outputs({"--json": json_path})
+    check_outputs({"--json": json_path}, force=force)
     extra = [] if config else ["data.n_local=10"]
     for key, value in (("model.arch", arch), ("data.batch_size", batch_size), ("data.global_size", global_size),
                        ("data.local_size", local_size), ("data.n_local", n_local)):
@@ -533,18 +549,23 @@ def eval_knn_cmd(
         None, "--json", help="Also write the result (accuracies, protocol, sources) as JSON here "
         "(default without --checkpoint: RUN/knn.json)."
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
     from rich.table import Table
 
-    from dino_pipe.eval.knn_eval import evaluate_knn
+    from dino_pipe.eval.knn_eval import evaluate_knn, feature_file
 
-    check_outputs({"--json": json_path}, {"--save-features": save_features})
+    run_json = False  # RUN/knn.json: the run's own result, replaced by each default evaluation
     if not load_features and (checkpoint is None or train is None or val is None):
         defaulted = checkpoint is None
         checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
         if defaulted and json_path is None and run is not None:
-            json_path = run / "knn.json"
+            json_path, run_json = run / "knn.json", True
+    saved = {feature_file(save_features, split): ("--save-features", f"written into {save_features}")
+             for split in ("train", "val")} if save_features else {}
+    check_outputs({"--json": None if run_json else json_path}, {"--save-features": save_features}, force=force,
+                  beside=saved)
     result = evaluate_knn(
         checkpoint,
         train and _local_shardset(train),
@@ -722,19 +743,22 @@ def viz_attention_cmd(
         0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."
     ),
     device: str = typer.Option("auto", "--device", metavar="[auto|cpu|cuda]", help="auto: cuda when present."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
     import torch
 
-    from dino_pipe.eval.attention import render_attention
+    from dino_pipe.eval.attention import attention_outputs, render_attention
 
     checkpoint, _, _, run = _run_inputs(checkpoint)
-    if out_dir is None:
+    in_run = out_dir is None  # RUN/attention: the run's own pictures, redrawn freely
+    if in_run:
         if run is None:
             raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
         out_dir = run / "attention"
         err.print(f"output: {out_dir} (in the run; --out to choose)", highlight=False)
-    check_outputs(folders={"--out": out_dir})
+    check_outputs(folders={"--out": out_dir}, force=force or in_run,
+                  beside={f: ("--out", f"written into {out_dir}") for f in attention_outputs(images, out_dir)})
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -768,17 +792,19 @@ def export_cmd(
         None, "--out", "-o", help="Output FILE.safetensors + FILE.json sidecar (default: RUN/backbone.safetensors)."
     ),
     which: str = typer.Option("teacher", "--which", metavar="[teacher|student]", help="Which weights."),
+    force: bool = typer.Option(False, "--force", help="Replace FILE.safetensors and FILE.json if they exist."),
 ) -> None:
     """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
     from dino_pipe.eval.export import export_backbone, sidecar_path
 
     checkpoint, _, _, run = _run_inputs(checkpoint)
-    if out_file is None:
+    in_run = out_file is None  # RUN/backbone.safetensors: the run's own export, replaced by the next one
+    if in_run:
         if run is None:
             raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
         out_file = run / "backbone.safetensors"
         err.print(f"output: {out_file} (in the run; --out to choose)", highlight=False)
-    info = export_backbone(checkpoint, out_file, which=which)
+    info = export_backbone(checkpoint, out_file, which=which, force=force or in_run)
     out.print(f"wrote {info['file']} ({info['parameters']:,} parameters, {info['arch']}, {which} @ step "
               f"{info['source']['step']}) and {sidecar_path(out_file)}", highlight=False)
     out.print(f"load it with: {info['load']}", highlight=False)
@@ -793,6 +819,7 @@ def viz_curves_cmd(
     knn: Optional[list[Path]] = typer.Option(None, "--knn", help="k-NN result JSON files (eval knn --json); repeat."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
     k: int = typer.Option(20, "--k", help="Which k of the k-NN results to draw."),
+    force: bool = typer.Option(False, "--force", help="Replace the PNG and its .json if they exist."),
 ) -> None:
     """The loss and teacher entropy per step and k-NN top-1 per checkpoint, as one PNG."""
     from dino_pipe.eval.curves import plot_curves
@@ -803,7 +830,8 @@ def viz_curves_cmd(
         knn = [Path(run_dir) / "knn.json"]
         err.print(f"k-NN points: {knn[0]} (--knn to choose)", highlight=False)
     png = out_file or Path(run_dir) / "curves.png"
-    check_outputs({"--out": png, "--out (its .json)": png.with_suffix(".json")})
+    mine = force or out_file is None  # the default RUN_DIR/curves.png is the run's own, redrawn freely
+    check_outputs({"--out": png}, force=mine, beside={png.with_suffix(".json"): ("--out", f"written beside {png}")})
     result = plot_curves(run_dir, png, knn or [], k=k)
     out.print(f"{result['png']}: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} over "
               f"{result['logged_steps']} logged steps; {len(result['knn'])} k-NN points", highlight=False)

@@ -401,17 +401,43 @@ def parse_override(text: str) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any level) instead of
+    silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(path: Path) -> Any:
+    """The YAML document of ``path`` (duplicate keys refused); bad YAML -> UserError naming the line."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as e:
+        raise UserError(f"config file {path}: {e.problem}; keep one") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path}{where}: not valid YAML") from None
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise UserError(f"config file {path} not found (presets live in configs/)")
     if path.resolve() in seen:
         raise UserError(f"config file {path}: 'base' chain loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path}{where}: not valid YAML") from None
+    data = _parse_yaml(path)
+    if data is None:
+        raise UserError(f"config file {path}: empty (no settings); give a preset with settings, or leave out --config "
+                        "for the defaults")
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
     base = data.pop("base", None)

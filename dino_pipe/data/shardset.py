@@ -25,6 +25,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dino_pipe.errors import UserError
 
@@ -77,6 +78,18 @@ def read_manifest(root: Path) -> dict:
     return load_manifest(root)
 
 
+def content_identity(root: str | os.PathLike) -> str:
+    """What the shard set in ``root`` holds, as a short hash of its manifest's shard list (names, sizes,
+    sha256s, samples) and classes: the same for a copy moved elsewhere or fetched from ``s3://`` into the
+    cache, different for another set. A resumed run compares it with the one it was trained on."""
+    import json
+
+    m = read_manifest(Path(root))
+    shards = [[e.get("file"), e.get("bytes"), e.get("sha256"), e.get("samples")] for e in m["shards"]]
+    text = json.dumps({"shards": shards, "classes": m.get("classes") or [], "num_samples": m["num_samples"]})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -102,6 +115,44 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str | None = None
     _verified.add(key)
 
 
+def _member_at(f: BinaryIO, offset: int, name: str) -> bool:
+    """The tar member whose data starts at ``offset`` is named ``name`` (its ustar header is the 512 bytes
+    before; names over 100 bytes, which need a long-name record, are not compared)."""
+    if len(name.encode()) >= 100:
+        return True
+    if offset < 512:
+        return False
+    f.seek(offset - 512)
+    header = f.read(512)
+    if len(header) < 512:
+        return False
+    base, prefix = header[:100].split(b"\0")[0], header[345:500].split(b"\0")[0]
+    return (prefix + b"/" + base if prefix else base) == name.encode()
+
+
+def _mismatch(tar: str | os.PathLike, idx: str | os.PathLike, what: str, member: str) -> UserError:
+    """The one line for an index that does not describe its tar (it names the index, not a label)."""
+    return UserError(f"{what}: index {Path(idx).name} does not match {Path(tar).name} (member {member} is not at the "
+                     f"offset it gives; an index of another shard?); rebuild it (wds2idx {Path(tar).name} "
+                     f"{Path(idx).name}) or re-shard")
+
+
+def check_index(tar: str | os.PathLike, idx: str | os.PathLike, what: str) -> None:
+    """The first and last samples of ``idx`` are where it says in ``tar`` (catches an index of another shard;
+    a labelled set's :func:`check_labels` checks every label member this way)."""
+    with open(idx, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()[1:]
+    with open(tar, "rb") as f:
+        for line in {lines[0], lines[-1]} if lines else ():
+            tok = line.split()
+            try:
+                found = len(tok) >= 4 and _member_at(f, int(tok[1]), tok[3])
+            except ValueError:
+                raise UserError(f"{what}: index {Path(idx).name} is damaged (rebuild it: wds2idx)") from None
+            if not found:
+                raise _mismatch(tar, idx, what, tok[3] if len(tok) >= 4 else "?")
+
+
 def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: int, what: str) -> None:
     """Every ``.cls`` member of ``tar`` (located through its ``.idx``) is an integer in ``[0, num_classes)``."""
     st, ist = os.stat(tar), os.stat(idx)
@@ -121,6 +172,9 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
                     size = int(tok[k + 2])
                 except ValueError:
                     raise UserError(f"{what}: index {Path(idx).name} is damaged (rebuild it: wds2idx)") from None
+                if not _member_at(f, int(tok[k + 1]), tok[k + 3]):
+                    raise _mismatch(tar, idx, what, tok[k + 3])
+                f.seek(int(tok[k + 1]))
                 text = f.read(min(size, 32)).strip()
                 if not text.isdigit() or (num_classes and int(text) >= num_classes):
                     sample = tok[k + 3].rsplit(".", 1)[0]
@@ -132,7 +186,8 @@ def check_labels(tar: str | os.PathLike, idx: str | os.PathLike, num_classes: in
 
 
 def check_content(shards: "ShardSet", sha256s: list[str | None], part: tuple[int, int] = (0, 1)) -> None:
-    """sha256 of every shard vs the manifest, and (labelled sets) every label in range; parallel threads.
+    """sha256 of every shard vs the manifest, each index against its tar, and (labelled sets) every label in
+    range; parallel threads.
 
     ``part=(rank, world_size)``: check only every ``world_size``-th shard from ``rank`` (the ranks of a
     job together check every shard once, each with its share of the cores)."""
@@ -144,6 +199,8 @@ def check_content(shards: "ShardSet", sha256s: list[str | None], part: tuple[int
             check_sha256(shards.tars[i], sha256s[i], what)
         if shards.labeled:
             check_labels(shards.tars[i], shards.indexes[i], shards.num_classes, what)
+        else:
+            check_index(shards.tars[i], shards.indexes[i], what)
 
     rank, world = part
     mine = range(rank, len(shards.tars), world)

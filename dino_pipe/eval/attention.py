@@ -102,21 +102,32 @@ def crop_to_patches(image: np.ndarray, patch: int) -> np.ndarray:
 
 
 def read_image(path: str | Path, size: int, patch: int) -> np.ndarray:
-    """An RGB ``[H, W, 3]`` uint8 image, shorter side resized to ``size`` (0 = as is), cropped to patches."""
-    from PIL import Image, UnidentifiedImageError
+    """An RGB ``[H, W, 3]`` uint8 image, shorter side resized to ``size`` (0 = as is), cropped to patches.
+
+    The file goes through the checks ``dino-pipe shard`` applies (:func:`dino_pipe.shards.image.prepare_image`:
+    size limit against decompression bombs, a full decode, EXIF rotation, RGB), so an image shard would
+    skip ends here in one line, and the pixels drawn are those a shard would hold."""
+    import io
+
+    from PIL import Image
+
+    from dino_pipe.shards.image import UnreadableImage, prepare_image
 
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: image not found") from None
+    try:
+        prepared = prepare_image(data, check="decode")
+        with Image.open(io.BytesIO(prepared.data)) as im:
             im = im.convert("RGB")
             if size > 0:
                 w, h = im.size
                 s = size / min(w, h)
                 im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
             arr = np.asarray(im)
-    except FileNotFoundError:
-        raise UserError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    except (UnreadableImage, OSError) as e:
+        raise UserError(f"{path}: not a usable image ({e}); `dino-pipe shard` would skip it too") from None
     return crop_to_patches(arr, patch)
 
 
@@ -194,6 +205,18 @@ def save_attention_grid(
     return path
 
 
+def attention_outputs(images: list[str | Path], out: str | Path) -> list[Path]:
+    """The files :func:`render_attention` writes into ``out``: ``<image stem>-attention.png`` each, then
+    ``attention.json``; two images of one stem (which would overwrite each other's PNG) -> UserError."""
+    pngs: dict[Path, str] = {}
+    for image in images:
+        png = Path(out) / f"{Path(image).stem}-attention.png"
+        if png in pngs:
+            raise UserError(f"{pngs[png]} and {image} would both be drawn to {png}; rename one of them")
+        pngs[png] = str(image)
+    return [*pngs, Path(out) / "attention.json"]
+
+
 def render_attention(
     checkpoint: str | Path,
     images: list[str | Path],
@@ -240,11 +263,11 @@ def render_attention(
     if size and size != trained:
         note = (f"drawn at {size} px on the shorter side; the run trained at {trained} px (data.global_size): "
                 f"a {size // p}-patch side instead of {trained // p}; leave --size out to draw at {trained} px")
+    pictures = [read_image(path, size, p) for path in images]  # every image checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
-    for path in images:
-        image = read_image(path, size, p)
+    for path, image in zip(images, pictures):
         maps = cls_attention(model, to_tensor(image, cfg.data.mean, cfg.data.std).to(device))[0].cpu()
         name = f"{Path(path).stem}-attention.png"
         title = (f"{Path(path).name}  {loaded.source['model']}  {which}{' (random init)' if random_init else ''}  "

@@ -29,8 +29,10 @@ def sidecar_path(out: str | Path) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "teacher") -> dict[str, Any]:
-    """Write the ``which`` backbone of ``checkpoint`` to ``out`` (.safetensors) and its sidecar JSON."""
+def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "teacher",
+                    force: bool = False) -> dict[str, Any]:
+    """Write the ``which`` backbone of ``checkpoint`` to ``out`` (.safetensors) and its sidecar JSON;
+    either existing is refused unless ``force``."""
     import timm
     from safetensors.torch import save
 
@@ -39,8 +41,8 @@ def export_backbone(checkpoint: str | Path, out: str | Path, *, which: str = "te
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the file name must end in .safetensors")
-    check_output_file(out, "--out")
-    check_output_file(sidecar_path(out), "--out (its .json sidecar)")
+    check_output_file(out, "--out", force=force)
+    check_output_file(sidecar_path(out), "--out", force=force, why=f"written beside {out.name}")
     loaded = load_backbone(checkpoint, which)  # checks that the weights fit the architecture
     model, cfg = loaded.model, loaded.config
     state = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}

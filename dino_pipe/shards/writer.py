@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 from dino_pipe import __version__
 from dino_pipe.atomic import atomic_open
 from dino_pipe.errors import UserError
+from dino_pipe.lock import output_lock
 from dino_pipe.shards import journal
 from dino_pipe.shards.archive import read_member
 from dino_pipe.shards.image import UnreadableImage, prepare_image
@@ -310,14 +311,14 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
     tree = find_source(src_path, options.layout, exclude)
     splits = tree.splits
     source = str(src_path.resolve())
-    jobs = []
-    for split in splits:  # check every output folder before writing anything
-        folder = out_path / split.name if split.name else out_path
-        fp = fingerprint(source, split, options)
-        jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
-    sets = [
-        write_shard_set(split, folder, source, fp, state, options, force, progress) for split, folder, fp, state in jobs
-    ]
+    with output_lock(out_path):  # one writer per output folder
+        jobs = []
+        for split in splits:  # check every output folder before writing anything
+            folder = out_path / split.name if split.name else out_path
+            fp = fingerprint(source, split, options)
+            jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
+        sets = [write_shard_set(split, folder, source, fp, state, options, force, progress)
+                for split, folder, fp, state in jobs]
     return _result(source, str(out_path), tree, notes, sets)
 
 

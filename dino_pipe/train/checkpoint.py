@@ -17,7 +17,8 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
      "student": {"backbone.<timm key>": Tensor, ..., "head.<key>": Tensor},
      "teacher": {... same keys ...},
      "optimizer": ..., "scaler": ..., "center": Tensor [1, out_dim],
-     "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...]}
+     "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...],
+     "data_identity": str, "data_path": str}   (what the shard set holds, by content; where it was)
 
 A file is renamed into place only after it is fully written and fsynced, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a torn file.
@@ -134,19 +135,35 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
     """The reader evaluation uses: a checkpoint file, or a run directory's newest -> (its path, its contents)."""
     found = find_checkpoint(path)
-    return found, load_checkpoint(found)
+    return found, load_checkpoint(found, resuming=False)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError."""
+def _torch_file(p: Path) -> bool:
+    """The file starts like what ``torch.save`` writes (a zip archive, or a legacy pickle)."""
+    with open(p, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
+    """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError.
+
+    ``resuming``: the hint for a damaged file is about resuming the run (else about choosing another file)."""
     p = find_checkpoint(path)
+    in_run = p.parent.name == "checkpoints" and bool(_NAME.match(p.name))
+    if not in_run and not _torch_file(p):
+        raise UserError(f"{p}: not a checkpoint (not a file `dino-pipe train` writes); give a checkpoint "
+                        "RUN_DIR/checkpoints/step-XXXXXXXX.pt or a run folder RUN_DIR")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torn/garbage file, or a pickle that is not plain data
         if isinstance(e, PermissionError):
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]}); {previous_hint(p)}") from None
+        if "weights only load failed" in reason.lower():  # torch's advice to unpickle untrusted code: not ours
+            reason = "it holds Python objects, not only tensors and plain values"
+        raise UserError(f"{p}: damaged or unreadable checkpoint ({reason[:200]}); {previous_hint(p, resuming)}") \
+            from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p}: not a dino-pipe checkpoint (missing format '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -159,10 +176,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def previous_hint(path: str | Path) -> str:
-    """What to do about a bad checkpoint file: move it aside so the previous one (named) is used."""
+def previous_hint(path: str | Path, resuming: bool = True) -> str:
+    """What to do about a bad checkpoint file: resuming, move it aside so the previous one (named) is used;
+    reading (evaluation, export), give the previous one."""
     p = Path(path)
     older = [c for c in list_checkpoints(p.parent.parent) if c.name < p.name] if p.parent.name == "checkpoints" else []
+    if not resuming:
+        return f"give another checkpoint, e.g. the previous one {older[-1]}" if older else "give another checkpoint"
     if older:
         return f"move it aside (e.g. rename it to {p.name}.bad) to use the previous checkpoint {older[-1]}"
     return "no earlier checkpoint in this run: restart the run in a new --out"
@@ -246,8 +266,10 @@ class CheckpointManager:
     centre; every rank's loader position and RNG states), written atomically with the newest
     ``train.keep_checkpoints`` kept. ``last`` is the newest checkpoint of the run (None before one)."""
 
-    def __init__(self, run_dir: Path, cfg, env):
+    def __init__(self, run_dir: Path, cfg, env, data_identity: str | None = None, data_path: str | None = None):
         self.run_dir, self.cfg, self.env = Path(run_dir), cfg, env
+        self.data_identity = data_identity  # what the data holds (recorded in each save, checked on resume)
+        self.data_path = data_path
         self.last: Path | None = None
 
     def prepare(self) -> None:
@@ -284,6 +306,11 @@ class CheckpointManager:
         if diffs:
             raise UserError(f"{self.run_dir} holds a run with a different config ({'; '.join(diffs[:3])}); "
                             "rerun with the same config to resume, or use a new --out")
+        trained_on = ckpt.get("data_identity")  # absent in checkpoints written before it was recorded
+        if trained_on and self.data_identity and trained_on != self.data_identity:
+            raise UserError(f"{self.run_dir} was trained on other data ({ckpt.get('data_path')}, content "
+                            f"{trained_on}; the --data given holds {self.data_identity}); resume with the data it was "
+                            "trained on, or use a new --out")
         if ckpt.get("world_size", 1) != self.env.world_size:
             raise UserError(f"{resume} was written by {ckpt.get('world_size')} processes; resume with the same "
                             f"number (not {self.env.world_size}) or use a new --out")
@@ -329,7 +356,8 @@ class CheckpointManager:
         if env.is_main:
             state = {"config": self.cfg.to_dict(), "step": step, "epoch": step // steps_per_epoch,
                      "world_size": env.world_size, **trainer.state_dict(),
-                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas}
+                     "rng": rngs[0], "rng_ranks": rngs, "data": datas[0], "data_ranks": datas,
+                     "data_identity": self.data_identity, "data_path": self.data_path}
             self.last = save_checkpoint(self.run_dir, state, keep=self.cfg.train.keep_checkpoints)
         D.barrier(env)
         if not env.is_main:

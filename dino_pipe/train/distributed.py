@@ -144,8 +144,23 @@ def init_process_group(env: DistEnv) -> None:
     kwargs = {}
     if env.device == "cuda":
         kwargs["device_id"] = torch.device("cuda", env.local_rank)
-    dist.init_process_group(backend=env.backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                            rank=env.rank, world_size=env.world_size, **kwargs)
+    dist.init_process_group(backend=env.backend, rank=env.rank, world_size=env.world_size,
+                            **_rendezvous(env), **kwargs)
+
+
+def _rendezvous(env: DistEnv) -> dict:
+    """How the ranks find each other: ``tcp://MASTER_ADDR:MASTER_PORT``; in a torchrun job restarted after a
+    lost process (``--max-restarts``) the same store keeps the previous attempt's addresses, so each
+    attempt gets its own key prefix (else the new ranks would try to reach the dead ones)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if env.launcher != "torchrun" or restart is None:
+        return {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
+    from datetime import timedelta
+
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it: all are clients
+    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=not agent_store and env.rank == 0,
+                          timeout=timedelta(minutes=30), multi_tenant=True)
+    return {"store": dist.PrefixStore(f"dino-pipe/attempt-{restart}", store)}
 
 
 def destroy_process_group() -> None:

@@ -22,6 +22,8 @@ sync step, which always comes before the next checkpoint).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ import yaml
 from dino_pipe.atomic import atomic_write_json, atomic_write_text
 from dino_pipe.config import Config, resolve_batch
 from dino_pipe.errors import UserError
+from dino_pipe.lock import LOCK_NAME, output_lock
 from dino_pipe.train import distributed as D
 from dino_pipe.train.checkpoint import RUN_MARKER, CheckpointManager, is_run_dir, load_checkpoint, record_data
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
@@ -108,12 +111,21 @@ def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
                       world_size=env.world_size, **kwargs)
 
 
+def data_identity(data: str | Path) -> str:
+    """What ``data`` holds (judged by content, not path; see :func:`content_identity`): a run resumes only on it."""
+    if parse_synthetic(data) is not None:
+        return str(data)
+    from dino_pipe.data.shardset import content_identity
+
+    return content_identity(Path(data))
+
+
 def check_run_dir(output: Path) -> None:
     """``--out`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
     from dino_pipe.atomic import check_output_folder
 
     check_output_folder(output, "--out")
-    if output.is_dir() and not is_run_dir(output) and any(output.iterdir()):
+    if output.is_dir() and not is_run_dir(output) and any(p.name != LOCK_NAME for p in output.iterdir()):
         raise UserError(f"--out {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
                         "checkpoints/); choose a new or empty folder so nothing of yours is replaced")
 
@@ -137,8 +149,10 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     data = check_data(local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0))
     output = Path(output)
     check_run_dir(output)
-    return D.launch(run_worker, (cfg, data, output, progress, extend), gpus=gpus, procs=procs,
-                    cpu_threads=cfg.train.cpu_threads) or {}
+    first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # the launcher, or rank 0 of a job
+    with output_lock(output) if first else contextlib.nullcontext():  # one run per --out at a time
+        return D.launch(run_worker, (cfg, data, output, progress, extend), gpus=gpus, procs=procs,
+                        cpu_threads=cfg.train.cpu_threads) or {}
 
 
 def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,
@@ -162,7 +176,7 @@ class _Run:
 
     def run(self) -> dict | None:
         env, cfg, t_start = self.env, self.cfg, time.time()
-        ckpts = CheckpointManager(self.run_dir, cfg, env)
+        ckpts = CheckpointManager(self.run_dir, cfg, env, data_identity(self.data), str(self.data))
         resume = ckpts.find_resume()
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
@@ -173,6 +187,9 @@ class _Run:
             raise UserError(f"--data {self.data}: too few samples for one step of global batch "
                             f"{cfg.data.batch_size * env.world_size} (lower data.batch_size)")
         trainer = DINOTrainer(cfg, env, steps_per_epoch)
+        stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
+        if ckpt is not None and int(ckpt["step"]) >= stop_at:  # finished: change nothing
+            return self._nothing_to_do(int(ckpt["step"]), stop_at, trainer.total_steps, loader)
         if ckpt is not None:
             step = ckpts.restore(ckpt, trainer, loader)
         else:
@@ -180,7 +197,6 @@ class _Run:
             torch.manual_seed(cfg.train.seed + 7919 * (env.rank + 1))  # per-rank randomness (drop path)
         self._prepare_run_dir(ckpts, ckpt)  # only now: a refused start leaves the folder as it was
         D.barrier(env)
-        stop_at = trainer.total_steps if cfg.train.max_steps <= 0 else min(trainer.total_steps, cfg.train.max_steps)
         start_step = step
         with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress,
                            teacher=trainer.teacher.backbone) as metrics:
@@ -207,6 +223,31 @@ class _Run:
         return None
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _nothing_to_do(self, step: int, stop_at: int, total: int, loader) -> dict | None:
+        """A rerun of a finished run: one line, nothing written; rank 0 returns the run's summary as it was.
+        ``--extend`` to no more steps than done is refused (it would train nothing)."""
+        if hasattr(loader, "close"):
+            loader.close()
+        cfg = self.cfg.train
+        if self.extend and stop_at == total:
+            where = "beyond" if step > total else "at the end of"
+            raise UserError(f"--extend: {self.run_dir} is at step {step}, {where} {cfg.epochs} epochs ({total} steps): "
+                            "nothing to train; give more epochs than the run has done (--epochs)")
+        if stop_at < total:
+            how = f"raise train.max_steps (now {cfg.max_steps}; 0 = no limit) to train on to step {total}"
+        else:
+            how = "use --extend with more --epochs to train further"
+        if not self.env.is_main:
+            return None
+        from dino_pipe.progress import console
+
+        console.print(f"{self.run_dir}: already at step {step} of {stop_at}; nothing to do, {how}",
+                      highlight=False, soft_wrap=True)
+        try:
+            return json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {"run_dir": str(self.run_dir), "steps": step, "steps_this_run": 0}
 
     @staticmethod
     def _step(trainer: DINOTrainer, batch, step: int, sync: bool, last_checkpoint: Path | None):

@@ -330,14 +330,14 @@ def test_out_inside_src_is_not_read_as_source(tmp_path):
     src = tmp_path / "photos"
     for i in range(6):
         write_files(src / f"c{i % 2}", {f"{i}.jpg": jpeg(i)})
-    args = ["shard", str(src), "--out", str(src / "shards"), "--workers", "1", "-q", "--json", str(tmp_path / "r.json")]
-    first = runner.invoke(app, args)
+    args = ["shard", str(src), "--out", str(src / "shards"), "--workers", "1", "-q", "--json"]
+    first = runner.invoke(app, [*args, str(tmp_path / "r1.json")])
     assert first.exit_code == 0, first.output
     before = set_bytes(src / "shards")
-    second = runner.invoke(app, args)
+    second = runner.invoke(app, [*args, str(tmp_path / "r2.json")])
     assert second.exit_code == 0, second.output
     assert f"not reading {src / 'shards'} as source" in second.output
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r2.json").read_text())
     assert [s["status"] for s in result["sets"]] == ["up to date"] and result["sets"][0]["num_classes"] == 2
     assert set_bytes(src / "shards") == before and load_manifest(src / "shards")["classes"] == ["c0", "c1"]
 

@@ -16,7 +16,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from dino_pipe.errors import UserError
 from dino_pipe.storage.url import url_scheme
@@ -32,6 +32,7 @@ class Stat:
     """Metadata stored with the object (S3 user metadata, e.g. ``sha256``); empty where a store keeps none."""
 
 
+@runtime_checkable
 class Store(Protocol):
     """Where bytes live, rooted at ``url``; keys are relative to it."""
 

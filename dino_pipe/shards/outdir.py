@@ -101,7 +101,7 @@ def inspect_output(
             f"{store.url} holds an unfinished shard set of a different run ({why}); "
             "use --force to replace it or choose another --out"
         )
-    foreign = sorted(n for n in files if n.endswith((".tar", ".idx")) and not n.startswith("."))
+    foreign = sorted(n for n in files if n.endswith((".tar", ".idx")))
     if foreign:
         noun = "objects" if is_remote(store.url) else "files"
         raise UserError(

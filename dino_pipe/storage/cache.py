@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 from dino_pipe.atomic import _UMASK, atomic_write_bytes, atomic_write_text
 from dino_pipe.errors import UserError
 from dino_pipe.storage.store import Store
+from dino_pipe.storage.url import url_scheme
 
 USED_MARKER = ".dino-pipe-cache-used"
 DEFAULT_GB = 200.0
@@ -84,10 +86,11 @@ class CachedFile:
     companion: str
 
 
-def cache_folder(settings: CacheSettings, url: object) -> Path:
+def cache_folder(settings: CacheSettings, url: str) -> Path:
     """``<cache>/<scheme>/<rest of the URL>``: ``s3://bucket/prefix`` -> ``<cache>/s3/bucket/prefix``."""
-    scheme, _, rest = str(url).partition("://")
-    return settings.folder / scheme / rest.strip("/")
+    text = str(url)
+    rest = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*:/+", "", text)
+    return settings.folder / (url_scheme(text) or "file") / rest.strip("/")
 
 
 def _marker(folder: Path, file: str) -> Path:

@@ -117,11 +117,16 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file, ignoring a torn final line left by a killed writer."""
-    out = []
     p = Path(path)
     if not p.exists():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+        return []
+    return parse_jsonl(p.read_text(encoding="utf-8"))
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    """The records of JSONL ``text``, skipping a torn line left by a killed writer."""
+    out = []
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

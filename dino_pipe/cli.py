@@ -98,7 +98,7 @@ def _refuse_url_paths(kwargs: dict) -> None:
 
 def _local_shardset(location: str, quiet: bool = False) -> Path:
     """A shard-set argument as a local folder: ``s3://…`` is fetched into the shard cache first."""
-    from dino_pipe.storage.cache import resolve_shardset
+    from dino_pipe.shards.fetch import resolve_shardset
 
     return resolve_shardset(location, progress=not quiet)
 
@@ -244,7 +244,7 @@ def verify_cmd(
 
     check_outputs({"--json": json_path}, force=force)
     if is_remote(shardset):
-        from dino_pipe.storage.verify import verify_remote
+        from dino_pipe.shards.verify_remote import verify_remote
 
         result = verify_remote(shardset, workers=workers, device=device, progress=not quiet)
     else:

@@ -107,9 +107,8 @@ def _local(data: Path | str, cfg) -> Path | str:
     if not is_remote(str(data)):
         return data
     from dino_pipe.storage.cache import CacheSettings, cache_folder
-    from dino_pipe.storage.url import parse_s3
 
-    return cache_folder(CacheSettings.from_config(cfg.data), parse_s3(str(data)))
+    return cache_folder(CacheSettings.from_config(cfg.data), str(data))
 
 
 @dataclass(frozen=True)

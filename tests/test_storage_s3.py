@@ -44,7 +44,7 @@ def s3(server, monkeypatch, tmp_path):
     monkeypatch.setenv("DINO_PIPE_CACHE", str(tmp_path / "cache"))
     from dino_pipe.storage import s3 as s3_module
 
-    monkeypatch.setattr(s3_module, "_stores", {})
+    monkeypatch.setattr(s3_module, "_buckets", {})
     import boto3
 
     client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
@@ -274,12 +274,11 @@ def test_a_dropped_download_is_retried_then_one_line(s3, monkeypatch):
     import botocore.exceptions as bx
 
     from dino_pipe.storage import s3 as s3_module
-    from dino_pipe.storage.s3 import open_store
-    from dino_pipe.storage.url import parse_s3
+    from dino_pipe.storage.store import open_store
 
     monkeypatch.setattr(s3_module.time, "sleep", lambda s: None)
     s3.client.put_object(Bucket=s3.bucket, Key="d/obj", Body=b"x" * 5000)
-    store = open_store(parse_s3(f"s3://{s3.bucket}/d"))
+    store = open_store(f"s3://{s3.bucket}/d")
     real, fails = store.client.get_object, [2]
 
     def flaky(**kw):
@@ -293,17 +292,18 @@ def test_a_dropped_download_is_retried_then_one_line(s3, monkeypatch):
     import io
 
     buf = io.BytesIO()
-    assert store.download("d/obj", buf) == (5000, hashlib.sha256(b"x" * 5000).hexdigest()) and fails == [0]
+    assert store.download("obj", buf) == (5000, hashlib.sha256(b"x" * 5000).hexdigest()) and fails == [0]
     fails[0] = 100
     with pytest.raises(UserError, match="lost the connection to the S3 endpoint .* while reading s3://.*/d/obj"):
-        store.download("d/obj", io.BytesIO())
+        store.download("obj", io.BytesIO())
 
 
 # ------------------------------------------------------------------------------ the cache
 
 
 def test_cache_is_bounded_lru_and_refetches_only_changed_shards(s3, tiny_shardset, tmp_path, monkeypatch):
-    from dino_pipe.storage.cache import CacheSettings, fetch_shardset
+    from dino_pipe.shards.fetch import fetch_shardset
+    from dino_pipe.storage.cache import CacheSettings
 
     a, b = upload(s3, tiny_shardset, "c/a"), upload(s3, tiny_shardset, "c/b")
     size = sum(p.stat().st_size for p in tiny_shardset.iterdir() if p.is_file())

@@ -104,9 +104,9 @@ def main() -> None:
     from dino_pipe.config import DataConfig
     from dino_pipe.data.bench import bench_loader
     from dino_pipe.data.shardset import ShardSet, open_shardset
-    from dino_pipe.storage.cache import CacheSettings, fetch_shardset
-    from dino_pipe.storage.s3 import open_store
-    from dino_pipe.storage.url import parse_s3
+    from dino_pipe.shards.fetch import fetch_shardset
+    from dino_pipe.storage.cache import CacheSettings
+    from dino_pipe.storage.store import open_store
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     log = work / "server.log"
@@ -126,10 +126,10 @@ def main() -> None:
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
         local = make_sample_shardset(work / "local", args.images, args.per_shard)
-        url = parse_s3(f"s3://{args.bucket}/bench/set")
-        store = open_store(url)
+        store = open_store(f"s3://{args.bucket}/bench/set")
+        url = store.url
         for p in sorted(local.iterdir()):
-            store.put_file(url.key(p.name), p)
+            store.put_file(p.name, p)
         n_shards = len(open_shardset(local).tars)
         mb = sum(p.stat().st_size for p in local.glob("*.tar")) / 1e6
         cfg = DataConfig()
@@ -165,8 +165,8 @@ def main() -> None:
             s = open_shardset(local)
             remote = ShardSet(
                 root=local,
-                tars=tuple(f"s3://{args.bucket}/{url.key(Path(t).name)}" for t in s.tars),
-                indexes=tuple(f"s3://{args.bucket}/{url.key(Path(i).name)}" for i in s.indexes),
+                tars=tuple(store.describe(Path(t).name) for t in s.tars),
+                indexes=tuple(store.describe(Path(i).name) for i in s.indexes),
                 shard_samples=s.shard_samples,
                 num_samples=s.num_samples,
                 classes=s.classes,

@@ -216,8 +216,8 @@ def open_shardset(path: str | Path, check: bool = True, part: tuple[int, int] = 
 
     ``check``: also the content check (sha256 vs manifest, labels in range; see the module docstring), of
     this process's ``part=(rank, world_size)`` of the shards. ``s3://bucket/prefix`` is first fetched into
-    the shard cache (:mod:`dino_pipe.storage.cache`)."""
-    from dino_pipe.storage.cache import resolve_shardset
+    the shard cache (:mod:`dino_pipe.shards.fetch`)."""
+    from dino_pipe.shards.fetch import resolve_shardset
 
     root = resolve_shardset(path)
     manifest = read_manifest(root)

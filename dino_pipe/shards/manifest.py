@@ -53,22 +53,30 @@ def save_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
 def read_manifest_file(path: Path) -> dict:
     """Parse a manifest file; UserError (one line) when unreadable or not a dino-pipe manifest."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as e:
         hint = "; check the permissions of the shard set folder and its files" if isinstance(e, PermissionError) else ""
         raise UserError(f"cannot read {path}: {e.strerror}{hint}") from None
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, shown: str) -> dict:
+    """Parse the bytes of a manifest named ``shown`` in messages (a path or a URL); one UserError line
+    when it is not a dino-pipe manifest."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); rerun 'dino-pipe shard' to rewrite it") from None
+        raise UserError(f"{shown} is not valid JSON ({e}); rerun 'dino-pipe shard' to rewrite it") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a dino-pipe shard manifest (format is not '{FORMAT}')")
+        raise UserError(f"{shown} is not a dino-pipe shard manifest (format is not '{FORMAT}')")
     if data.get("version") != VERSION:
-        raise UserError(f"{path} has manifest version {data.get('version')!r}; this dino-pipe reads version {VERSION}")
+        raise UserError(f"{shown} has manifest version {data.get('version')!r}; this dino-pipe reads version {VERSION}")
     shards = data.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and all(k in s for k in SHARD_KEYS) for s in shards):
-        raise UserError(f"{path}: 'shards' must be a list of {{{', '.join(SHARD_KEYS)}}} entries")
+        raise UserError(f"{shown}: 'shards' must be a list of {{{', '.join(SHARD_KEYS)}}} entries")
     for key, kind in (("num_samples", int), ("classes", list), ("labeled", bool)):
         if not isinstance(data.get(key), kind):
-            raise UserError(f"{path}: key '{key}' is missing or not a {kind.__name__}")
+            raise UserError(f"{shown}: key '{key}' is missing or not a {kind.__name__}")
     return data
 
 

@@ -1,4 +1,8 @@
-"""The output folder of a shard set: what is already there, and what a run may do with it.
+"""The output of a shard set (a local folder or a store): what is already there, and what a run may do with it.
+
+:func:`inspect_output` is the one check for every store: it reads the output through the
+:class:`~dino_pipe.storage.store.Store` protocol (a listing with sizes, the journal in either form,
+the manifest).
 
 * same fingerprint (source path + tree listing + output options + version) and a journal ->
   **resume**; a complete manifest whose files are all present -> **up to date** (nothing to do);
@@ -28,6 +32,8 @@ from dino_pipe.errors import UserError
 from dino_pipe.shards import journal
 from dino_pipe.shards.layout import SourceSplit
 from dino_pipe.shards.manifest import MANIFEST_NAME
+from dino_pipe.storage.store import Store
+from dino_pipe.storage.url import is_remote
 
 if TYPE_CHECKING:
     from dino_pipe.shards.options import ShardOptions
@@ -66,52 +72,57 @@ class OutputState:
 
 
 def inspect_output(
-    folder: Path, fp: str, source: str, split: SourceSplit, options: ShardOptions, force: bool
+    store: Store, fp: str, source: str, split: SourceSplit, options: ShardOptions, force: bool
 ) -> OutputState:
-    """Decide what to do with an existing output folder, without changing anything.
+    """Decide what to do with what is already in the output ``store`` (a folder, ``s3://…``), changing nothing.
 
     Same fingerprint: resume the journal, or report the finished set as up to date. A different
     shard set (or foreign tar/idx files) is an error unless ``force``.
     """
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"output {folder} exists and is not a folder; choose another --out")
-    if not folder.exists():
-        return OutputState("fresh", [])
-    header, records = journal.read_journal(folder)
-    jfp = header["fingerprint"] if header else None
-    if jfp == fp and not force:
-        return OutputState("resume", records)
-    manifest_path = folder / MANIFEST_NAME
-    old = None
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
+    files, dirs = store.list()
+    header = journal.stored_header(store, files, dirs)
+    if header and header.get("fingerprint") == fp and not force:
+        return OutputState("resume", journal.stored_records(store, files))
+    old = _read_manifest(store) if MANIFEST_NAME in files else None
     if force:
         return OutputState("fresh", [])
     if old is not None:
-        if old.get("fingerprint") == fp and jfp is None:
-            complete = all((folder / s["file"]).is_file() and (folder / s["file"]).stat().st_size == s["bytes"]
-                           and (folder / s["index"]).is_file() for s in old.get("shards", []))
+        if old.get("fingerprint") == fp and header is None:
+            complete = all(files.get(s["file"]) == s["bytes"] and s["index"] in files for s in old.get("shards", []))
             return OutputState("up_to_date" if complete else "fresh", [], old)
         why = _describe_difference(old, source, split, options) if old else "its manifest.json is unreadable"
         raise UserError(
-            f"{folder} already holds a different shard set ({why}); use --force to replace it or choose another --out"
-        )
-    if jfp is not None:
-        why = _describe_difference(header, source, split, options)
-        raise UserError(
-            f"{folder} holds an unfinished shard set of a different run ({why}); "
+            f"{store.url} already holds a different shard set ({why}); "
             "use --force to replace it or choose another --out"
         )
-    foreign = sorted(p.name for p in [*folder.glob("*.tar"), *folder.glob("*.idx")])
-    if foreign:
+    if header is not None:
+        why = _describe_difference(header, source, split, options)
         raise UserError(
-            f"{folder} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx files) not written by this run; "
-            "use --force to replace them or choose another --out"
+            f"{store.url} holds an unfinished shard set of a different run ({why}); "
+            "use --force to replace it or choose another --out"
+        )
+    foreign = sorted(n for n in files if n.endswith((".tar", ".idx")))
+    if foreign:
+        noun = "objects" if is_remote(store.url) else "files"
+        raise UserError(
+            f"{store.url} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx {noun}) "
+            "not written by this run; use --force to replace them or choose another --out"
         )
     return OutputState("fresh", [])
+
+
+def _read_manifest(store: Store) -> dict:
+    """The manifest already in ``store`` as a dict; ``{}`` when unreadable."""
+    try:
+        return journal.read_json(store, MANIFEST_NAME) or {}
+    except OSError:
+        return {}
+
+
+def check_folder(folder: Path) -> None:
+    """A local output that exists must be a folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output {folder} exists and is not a folder; choose another --out")
 
 
 def check_creatable(folder: Path) -> None:

@@ -10,7 +10,8 @@ flight (``2 x workers``). Per shard, in this order::
 
 then ``manifest.json`` last (the set is complete), then the journal objects are deleted. A rerun
 with the same fingerprint keeps every journaled shard whose objects are present with the recorded
-size and sha256 (a HEAD each) and writes the rest, from any machine.
+size and sha256 (a HEAD each) and writes the rest, from any machine. What is already there is
+decided by :func:`~dino_pipe.shards.outdir.inspect_output`, as for a local folder.
 """
 
 from __future__ import annotations
@@ -20,99 +21,50 @@ import json
 import os
 from pathlib import Path
 
-from dino_pipe.errors import UserError
-from dino_pipe.shards.layout import SourceSplit
+from dino_pipe.shards.journal import HEADER, JOURNAL_DIR
 from dino_pipe.shards.manifest import MANIFEST_NAME
-from dino_pipe.shards.outdir import OutputState, _describe_difference
-from dino_pipe.storage.s3 import S3Store
-from dino_pipe.storage.url import S3Url
-
-JOURNAL_DIR = ".dino-pipe-shard-journal"
-HEADER = "header.json"
+from dino_pipe.storage.store import Store
 
 
 class RemoteOutput:
-    """One shard set's destination in the store, with its local staging folder."""
+    """One shard set's destination ``store``, with the local ``folder`` the workers write into (staging)."""
 
-    def __init__(self, store: S3Store, url: S3Url, staging: Path):
-        self.store, self.url, self.staging = store, url, staging
-        self.journal = url.child(JOURNAL_DIR)
-
-    def _json(self, key: str) -> dict | None:
-        raw = self.store.get_bytes(key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return {}
-
-    def inspect(self, fp: str, source: str, split: SourceSplit, options, force: bool) -> OutputState:
-        """What to do with what is already at the URL (same rules as a local folder); changes nothing."""
-        files, dirs = self.store.list_folder(self.url)
-        header = self._json(self.journal.key(HEADER)) if JOURNAL_DIR in dirs else None
-        if header and header.get("fingerprint") == fp and not force:
-            names, _ = self.store.list_folder(self.journal)
-            records = [self._json(self.journal.key(n)) for n in sorted(names) if n.startswith("shard-")]
-            return OutputState("resume", [r for r in records if r and "shard" in r])
-        old = (self._json(self.url.key(MANIFEST_NAME)) or {}) if MANIFEST_NAME in files else None
-        if force:
-            return OutputState("fresh", [])
-        if old is not None:
-            if old.get("fingerprint") == fp and header is None:
-                complete = all(
-                    files.get(s["file"]) == s["bytes"] and s["index"] in files for s in old.get("shards", [])
-                )
-                return OutputState("up_to_date" if complete else "fresh", [], old)
-            why = _describe_difference(old, source, split, options) if old else "its manifest.json is unreadable"
-            raise UserError(
-                f"{self.url} already holds a different shard set ({why}); "
-                "use --force to replace it or choose another --out"
-            )
-        if header is not None:
-            why = _describe_difference(header, source, split, options)
-            raise UserError(
-                f"{self.url} holds an unfinished shard set of a different run ({why}); "
-                "use --force to replace it or choose another --out"
-            )
-        foreign = sorted(n for n in files if n.endswith((".tar", ".idx")))
-        if foreign:
-            raise UserError(
-                f"{self.url} already holds {foreign[0]} (and {len(foreign) - 1} more tar/idx objects) "
-                "not written by this run; "
-                "use --force to replace them or choose another --out"
-            )
-        return OutputState("fresh", [])
+    def __init__(self, store: Store, folder: Path):
+        self.store, self.folder = store, folder
+        self.shown = store.url
 
     def start(self, header: dict, force: bool) -> None:
         """With ``force``, delete the previous set's objects; then (re)write the journal header."""
         if force:
-            files, _ = self.store.list_folder(self.url)
-            names, _ = self.store.list_folder(self.journal)
-            doomed = [self.url.key(n) for n in files if n.endswith((".tar", ".idx")) or n == MANIFEST_NAME]
-            self.store.delete(doomed + [self.journal.key(n) for n in names])
-        self.store.put_bytes(self.journal.key(HEADER), json.dumps(header).encode())
+            files, _ = self.store.list()
+            names, _ = self.store.list(JOURNAL_DIR)
+            doomed = [n for n in files if n.endswith((".tar", ".idx")) or n == MANIFEST_NAME]
+            self.store.delete(doomed + [f"{JOURNAL_DIR}/{n}" for n in names])
+        self.store.put_bytes(f"{JOURNAL_DIR}/{HEADER}", json.dumps(header).encode())
 
     def intact(self, record: dict) -> bool:
         """A journaled shard is kept when both objects are there with the recorded size and sha256."""
         if not record.get("samples"):
             return True
-        tar, idx = self.store.head(self.url.key(record["file"])), self.store.head(self.url.key(record["index"]))
-        return (tar is not None and idx is not None and tar["size"] == record["bytes"]
-                and tar["metadata"].get("sha256") == record["sha256"]
-                and idx["metadata"].get("sha256") == record["index_sha256"])
+        tar, idx = self.store.stat(record["file"]), self.store.stat(record["index"])
+        return (tar is not None and idx is not None and tar.size == record["bytes"]
+                and tar.metadata.get("sha256") == record["sha256"]
+                and idx.metadata.get("sha256") == record["index_sha256"])
 
     def publish(self, record: dict) -> None:
         """Upload a finished shard from staging (tar, idx, then its journal record); free staging."""
         if record.get("samples"):
             for name, sha in ((record["file"], record["sha256"]), (record["index"], record["index_sha256"])):
-                self.store.put_file(self.url.key(name), self.staging / name, {"sha256": sha})
+                self.store.put_file(name, self.folder / name, {"sha256": sha})
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.staging / name)
-        self.store.put_bytes(self.journal.key(f"shard-{record['shard']:06d}.json"), json.dumps(record).encode())
+                    os.unlink(self.folder / name)
+        self.store.put_bytes(f"{JOURNAL_DIR}/shard-{record['shard']:06d}.json", json.dumps(record).encode())
+
+    def wait(self) -> None:
+        """Each shard was uploaded by :meth:`publish`."""
 
     def finish(self, manifest: dict) -> None:
         """Manifest last (the set is complete), then the journal goes."""
-        self.store.put_bytes(self.url.key(MANIFEST_NAME), (json.dumps(manifest, indent=2) + "\n").encode())
-        names, _ = self.store.list_folder(self.journal)
-        self.store.delete([self.journal.key(n) for n in names])
+        self.store.put_bytes(MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+        names, _ = self.store.list(JOURNAL_DIR)
+        self.store.delete([f"{JOURNAL_DIR}/{n}" for n in names])

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from dino_pipe import __version__
 from dino_pipe.atomic import atomic_open
@@ -38,12 +38,23 @@ from dino_pipe.shards.index import format_index, group_samples
 from dino_pipe.shards.layout import SourceSplit
 from dino_pipe.shards.manifest import build_manifest, save_manifest
 from dino_pipe.shards.options import ShardOptions, default_workers
-from dino_pipe.shards.outdir import OutputState, check_creatable, fingerprint, inspect_output, prepare_output
+from dino_pipe.shards.outdir import (
+    OutputState,
+    check_creatable,
+    check_folder,
+    fingerprint,
+    inspect_output,
+    prepare_output,
+)
 from dino_pipe.shards.plan import plan_shards
 from dino_pipe.shards.pool import WorkerPool, report_to_counter
 from dino_pipe.shards.source import SourceTree, find_source
 from dino_pipe.shards.tar import TarShardWriter
+from dino_pipe.storage.store import open_store
 from dino_pipe.storage.url import is_remote, refuse_url
+
+if TYPE_CHECKING:
+    from dino_pipe.shards.remote import RemoteOutput
 
 
 @dataclass(frozen=True)
@@ -153,33 +164,71 @@ def _progress(progress: bool):
     return make_progress("img", disable=not progress)
 
 
-def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, state: OutputState,
-                    options: ShardOptions, force: bool = False, progress: bool = True, remote=None) -> dict:
-    """Shard one split into ``folder`` (resuming ``state``); returns a summary of the set.
+class FolderOutput:
+    """A local folder as a shard set's output: the workers write the shards in place; each new shard is
+    fsynced by a thread as soon as it is journaled (the disk writes overlap the work); the manifest goes
+    last, once every shard is durable. (:class:`~dino_pipe.shards.remote.RemoteOutput` is the same
+    steps for a store.)"""
 
-    ``remote`` (a :class:`~dino_pipe.shards.remote.RemoteOutput`): ``folder`` is only staging; each
-    finished shard is uploaded (and removed locally) and the manifest goes to the store.
+    def __init__(self, folder: Path):
+        self.folder = self.shown = folder
+        self._syncer = ThreadPoolExecutor(1)
+        self._synced: list[Future] = []
+        self._fresh: set[str] = set()
+
+    def start(self, header: dict, force: bool) -> None:
+        """Nothing beyond the journal file every output keeps in its folder."""
+
+    def intact(self, record: dict) -> bool:
+        return journal.record_is_intact(self.folder, record)
+
+    def publish(self, record: dict) -> None:
+        """A finished shard is already in place: queue its fsync."""
+        if record["file"]:
+            names = [record["file"], record["index"]]
+            self._synced.append(self._syncer.submit(_fsync_files, self.folder, names))
+            self._fresh.update(names)
+
+    def wait(self) -> None:
+        """Every queued fsync done; an fsync error (EIO, ENOSPC at write-back) is raised like a write error."""
+        try:
+            for f in self._synced:
+                f.result()
+        finally:
+            self._syncer.shutdown(wait=True)
+
+    def finish(self, manifest: dict) -> None:
+        kept = [name for s in manifest["shards"] for name in (s["file"], s["index"]) if name not in self._fresh]
+        make_durable(self.folder, kept)
+        save_manifest(self.folder, manifest)
+
+
+def write_shard_set(split: SourceSplit, output: FolderOutput | RemoteOutput, source: str, fp: str, state: OutputState,
+                    options: ShardOptions, force: bool = False, progress: bool = True) -> dict:
+    """Shard one split into ``output`` (resuming ``state``); returns a summary of the set.
+
+    The workers write into ``output.folder``: the set itself, or (a
+    :class:`~dino_pipe.shards.remote.RemoteOutput`) a staging folder whose finished shards are uploaded
+    (and removed locally), the manifest going to the store.
     """
     label = split.name or "all"
-    shown = remote.url if remote is not None else folder
+    folder = output.folder
     if state.mode == "up_to_date":
         m = state.manifest
-        return _summary(m, shown, label, seconds=0.0, processed=0, resumed=len(m["shards"]), status="up to date")
+        return _summary(m, output.shown, label, seconds=0.0, processed=0, resumed=len(m["shards"]),
+                        status="up to date")
     prepare_output(folder, force)
     workers = options.workers or default_workers()
     plan = plan_shards(split.sizes, options.seed, options.shard_samples, int(options.shard_mb * 1e6))
     records: dict[int, dict] = {}
     if state.mode == "resume":
         for r in state.records:
-            if 0 <= r["shard"] < len(plan) and (
-                remote.intact(r) if remote is not None else journal.record_is_intact(folder, r)
-            ):
+            if 0 <= r["shard"] < len(plan) and output.intact(r):
                 records[r["shard"]] = r
     header = {"fingerprint": fp, "source": source, "source_digest": split.digest, "options": options.output_options(),
               "dino_pipe_version": __version__}
     journal.write_journal(folder, header, [records[k] for k in sorted(records)])
-    if remote is not None:
-        remote.start(header, force)
+    output.start(header, force)
     resumed = len(records)
     todo = [number for number in range(len(plan)) if number not in records]
 
@@ -191,17 +240,11 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
     base = sum(len(plan[k]) for k in records)
     start = time.perf_counter()
-    synced: list[Future] = []  # fsync of each new shard, in a thread, while the workers write the next ones
-    fresh: set[str] = set()
-    with WorkerPool(min(workers, len(todo))) as pool, _progress(progress) as bar, ThreadPoolExecutor(1) as syncer:
+    with WorkerPool(min(workers, len(todo))) as pool, _progress(progress) as bar:
         bar_task = bar.add_task(f"shard {label}", total=len(split), completed=base)
 
         def on_record(record: dict) -> None:
-            if remote is not None:
-                remote.publish(record)
-            elif record["file"]:
-                synced.append(syncer.submit(_fsync_files, folder, [record["file"], record["index"]]))
-                fresh.update((record["file"], record["index"]))
+            output.publish(record)
             journal.append_record(folder, record)
             records[record["shard"]] = record
 
@@ -210,23 +253,16 @@ def write_shard_set(split: SourceSplit, folder: Path, source: str, fp: str, stat
 
         try:
             pool.run(write_shard, tasks(), on_record, on_progress)
-            for f in synced:
-                f.result()  # an fsync error (EIO, ENOSPC at write-back) stops the run like a write error
+            output.wait()
         except OSError as e:  # disk full, folder removed under us, ...
             raise UserError(f"cannot write shards to {folder}: {e.strerror or e}; rerun to resume") from None
     manifest = build_manifest(split, source, fp, options, [records[k] for k in sorted(records)])
-    if remote is not None:
-        remote.finish(manifest)
-        seconds = time.perf_counter() - start
-    else:
-        kept = [name for s in manifest["shards"] for name in (s["file"], s["index"]) if name not in fresh]
-        make_durable(folder, kept)
-        seconds = time.perf_counter() - start
-        save_manifest(folder, manifest)
+    output.finish(manifest)
+    seconds = time.perf_counter() - start
     journal.remove_journal(folder)
     status = f"resumed ({resumed} shards kept)" if resumed else "written"
     return _summary(
-        manifest, shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status
+        manifest, output.shown, label, seconds=seconds, processed=len(split) - base, resumed=resumed, status=status
     )
 
 
@@ -267,7 +303,8 @@ def _shown(split: SourceSplit, i: int) -> str:
     return f"{split.name}/{split.files[i]}" if split.name else split.files[i]
 
 
-def _summary(m: dict, folder: Path, label: str, seconds: float, processed: int, resumed: int, status: str) -> dict:
+def _summary(m: dict, folder: Path | str, label: str, seconds: float, processed: int, resumed: int,
+             status: str) -> dict:
     return {
         "split": label,
         "out": str(folder),
@@ -316,9 +353,11 @@ def shard_tree(src: str | os.PathLike, out: str | os.PathLike | None = None, opt
         for split in splits:  # check every output folder before writing anything
             folder = out_path / split.name if split.name else out_path
             fp = fingerprint(source, split, options)
-            jobs.append((split, folder, fp, inspect_output(folder, fp, source, split, options, force)))
-        sets = [write_shard_set(split, folder, source, fp, state, options, force, progress)
-                for split, folder, fp, state in jobs]
+            check_folder(folder)
+            jobs.append((split, FolderOutput(folder), fp,
+                         inspect_output(open_store(folder), fp, source, split, options, force)))
+        sets = [write_shard_set(split, output, source, fp, state, options, force, progress)
+                for split, output, fp, state in jobs]
     return _result(source, str(out_path), tree, notes, sets)
 
 
@@ -340,18 +379,15 @@ def _result(source: str, out: str, tree: SourceTree, notes: list[str], sets: lis
 
 
 def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force: bool, progress: bool) -> dict:
-    """``shard_tree`` with ``out`` = ``s3://bucket/prefix`` (see :mod:`dino_pipe.shards.remote`)."""
+    """``shard_tree`` with ``out`` = a store's URL, ``s3://bucket/prefix`` (see :mod:`dino_pipe.shards.remote`)."""
     import fcntl
     import shutil
     import tempfile
 
     from dino_pipe.shards.remote import RemoteOutput
     from dino_pipe.storage.cache import CacheSettings
-    from dino_pipe.storage.s3 import open_store
-    from dino_pipe.storage.url import parse_s3
 
-    url = parse_s3(out)
-    store = open_store(url)  # fails early (credentials, bucket, endpoint) before walking the tree
+    store = open_store(out)  # fails early (credentials, bucket, endpoint) before walking the tree
     tree = find_source(src_path, options.layout)
     splits = tree.splits
     source = str(src_path.resolve())
@@ -369,15 +405,15 @@ def _shard_tree_to_store(src_path: Path, out: str, options: ShardOptions, force:
     try:
         jobs = []
         for split in splits:  # check every destination before writing anything
-            remote = RemoteOutput(store, url.child(split.name) if split.name else url, staging / (split.name or "all"))
+            remote = RemoteOutput(store.child(split.name) if split.name else store, staging / (split.name or "all"))
             fp = fingerprint(source, split, options)
-            jobs.append((split, remote, fp, remote.inspect(fp, source, split, options, force)))
-        sets = [write_shard_set(split, remote.staging, source, fp, state, options, force, progress, remote=remote)
+            jobs.append((split, remote, fp, inspect_output(remote.store, fp, source, split, options, force)))
+        sets = [write_shard_set(split, remote, source, fp, state, options, force, progress)
                 for split, remote, fp, state in jobs]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.close()
-    return _result(source, str(url), tree, [], sets)
+    return _result(source, store.url, tree, [], sets)
 
 
 def _remove_stale_staging(root: Path) -> None:

@@ -1,8 +1,9 @@
 """A bounded local cache of remote shard sets: whole shards fetched ahead of the reader.
 
-:func:`fetch_shardset` turns ``s3://bucket/prefix`` into a local folder
-``<cache>/s3/<bucket>/<prefix>/`` holding the same ``manifest.json``, tars and ``.idx`` files, which
-DALI's webdataset reader then reads like any local shard set. Why whole shards and not DALI's own
+:func:`fill_cache` turns a store (``s3://bucket/prefix``) into a local folder
+``<cache>/s3/<bucket>/<prefix>/`` holding the files it is given (a shard set's tars and ``.idx``
+files, then its ``manifest.json``: :mod:`dino_pipe.shards.fetch` reads the manifest and says which),
+which DALI's webdataset reader then reads like any local shard set. Why whole shards and not DALI's own
 ``s3://`` reader: DALI sends one ranged GET per sample component (plus a HEAD per object), so
 requests (and the bill, and throttling) grow with samples; here each tar and each index is one GET,
 fetched by ``threads`` downloads in parallel, so the first epoch is limited by bandwidth, and later
@@ -11,7 +12,8 @@ epochs read local disk.
 * **sha256**: every tar is hashed while it streams in and must match the manifest, else one
   UserError line and nothing is kept. A cached shard is trusted when its size and the sha256 it was
   checked against (a ``.<tar>.sha256`` marker written last) still match the manifest; a changed
-  manifest refetches exactly the shards that changed.
+  manifest refetches exactly the shards that changed. Files reach the cache only through the
+  :class:`~dino_pipe.storage.store.Store` protocol.
 * **bounds**: downloads stream in 1 MiB chunks (memory ~ ``threads`` MiB); the cache folder holds at
   most ``max_bytes``: least recently used *other* sets are evicted first, and a set larger than the
   bound is refused with one line (the reader needs every shard of the set on local disk; training
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -31,9 +34,8 @@ from pathlib import Path
 
 from dino_pipe.atomic import _UMASK, atomic_write_bytes, atomic_write_text
 from dino_pipe.errors import UserError
-from dino_pipe.shards.manifest import MANIFEST_NAME, read_manifest_file
-from dino_pipe.storage.s3 import S3Store, open_store
-from dino_pipe.storage.url import S3Url, parse_s3
+from dino_pipe.storage.store import Store
+from dino_pipe.storage.url import url_scheme
 
 USED_MARKER = ".dino-pipe-cache-used"
 DEFAULT_GB = 200.0
@@ -73,20 +75,33 @@ class CacheSettings:
                            getattr(data_cfg, "fetch_threads", 0))
 
 
-def cache_folder(settings: CacheSettings, url: S3Url) -> Path:
-    return settings.folder / "s3" / url.bucket / url.prefix
+@dataclass(frozen=True)
+class CachedFile:
+    """One file of a set to cache: checked by size and sha256, with a companion file fetched after it
+    (a shard's ``.idx``), trusted as it is."""
+
+    name: str
+    size: int
+    sha256: str
+    companion: str
+
+
+def cache_folder(settings: CacheSettings, url: str) -> Path:
+    """``<cache>/<scheme>/<rest of the URL>``: ``s3://bucket/prefix`` -> ``<cache>/s3/bucket/prefix``."""
+    text = str(url)
+    rest = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*:/+", "", text)
+    return settings.folder / (url_scheme(text) or "file") / rest.strip("/")
 
 
 def _marker(folder: Path, file: str) -> Path:
     return folder / f".{file}.sha256"
 
 
-def is_cached(folder: Path, entry: dict) -> bool:
-    """The shard of manifest ``entry`` is in ``folder``, complete and checked against its sha256."""
-    tar, idx, marker = folder / entry["file"], folder / entry["index"], _marker(folder, entry["file"])
+def is_cached(folder: Path, entry: CachedFile) -> bool:
+    """``entry`` and its companion are in ``folder``, complete and checked against its sha256."""
+    tar, idx, marker = folder / entry.name, folder / entry.companion, _marker(folder, entry.name)
     try:
-        return (tar.stat().st_size == int(entry["bytes"]) and idx.is_file()
-                and marker.read_text().strip() == entry["sha256"])
+        return tar.stat().st_size == entry.size and idx.is_file() and marker.read_text().strip() == entry.sha256
     except OSError:
         return False
 
@@ -98,7 +113,7 @@ def _set_bytes(folder: Path) -> int:
 def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
     """Delete least recently used cached sets (never ``keep``) until ``need`` more bytes fit."""
     sets = sorted(
-        (m.stat().st_mtime, m.parent) for m in (settings.folder / "s3").rglob(USED_MARKER) if m.parent != keep
+        (m.stat().st_mtime, m.parent) for m in settings.folder.glob(f"*/**/{USED_MARKER}") if m.parent != keep
     )
     used = _set_bytes(keep) + sum(_set_bytes(f) for _, f in sets)
     evicted = []
@@ -114,7 +129,7 @@ def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
     return evicted
 
 
-def _download_checked(store: S3Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+def _download_checked(store: Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
@@ -133,68 +148,46 @@ def _download_checked(store: S3Store, key: str, dest: Path, sha256: str | None, 
         raise
 
 
-def fetch_shard(store: S3Store, url: S3Url, folder: Path, entry: dict) -> int:
-    """Fetch one shard (tar, then index; one GET each), checked; returns the bytes fetched."""
+def fetch_file(store: Store, folder: Path, entry: CachedFile) -> int:
+    """Fetch one file and its companion (one GET each), checked; returns the bytes fetched."""
     with contextlib.suppress(FileNotFoundError):
-        _marker(folder, entry["file"]).unlink()
-    _download_checked(
-        store, url.key(entry["file"]), folder / entry["file"], entry["sha256"], int(entry["bytes"]), str(url)
-    )
-    _download_checked(store, url.key(entry["index"]), folder / entry["index"], None, None, str(url))
-    atomic_write_text(_marker(folder, entry["file"]), entry["sha256"] + "\n")
-    return int(entry["bytes"])
+        _marker(folder, entry.name).unlink()
+    _download_checked(store, entry.name, folder / entry.name, entry.sha256, entry.size, store.url)
+    _download_checked(store, entry.companion, folder / entry.companion, None, None, store.url)
+    atomic_write_text(_marker(folder, entry.name), entry.sha256 + "\n")
+    return entry.size
 
 
-def read_remote_manifest(store: S3Store, url: S3Url) -> bytes:
-    """The raw ``manifest.json`` of the set at ``url``; one line naming what is there instead."""
-    raw = store.get_bytes(url.key(MANIFEST_NAME))
-    if raw is not None:
-        return raw
-    files, dirs = store.list_folder(url)
-    subsets = [d for d in dirs if store.head(url.child(d).key(MANIFEST_NAME)) is not None]
-    if subsets:
-        raise UserError(f"{url} holds shard sets {', '.join(subsets)}; give one of them (e.g. {url.child(subsets[0])})")
-    if any(d.startswith(".dino-pipe-shard-journal") for d in dirs):
-        raise UserError(f"{url} has no {MANIFEST_NAME} (an interrupted 'dino-pipe shard' run: rerun it to finish)")
-    raise UserError(
-        f"{url} has no {MANIFEST_NAME}: check the URL, or write a set there with 'dino-pipe shard SRC --out {url}'"
-    )
-
-
-def fetch_shardset(location: str, settings: CacheSettings | None = None, progress: bool = False) -> Path:
-    """The local cache folder holding the complete, sha256-checked shard set at ``location``."""
-    url = parse_s3(location)
+def fill_cache(store: Store, files: list[CachedFile], last: tuple[str, bytes], settings: CacheSettings | None = None,
+               progress: bool = False) -> Path:
+    """The cache folder of ``store`` holding every one of ``files``, checked, then ``last`` (name, bytes:
+    the set's manifest) written once they are all in. Files of an older version of the set are removed."""
     settings = settings or CacheSettings.resolve()
-    store = open_store(url)
-    raw = read_remote_manifest(store, url)
-    folder = cache_folder(settings, url)
+    total = sum(e.size for e in files)
+    if total > settings.max_bytes:
+        raise UserError(f"shard set {store.url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
+                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
+    folder = cache_folder(settings, store.url)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(
             f"cannot create the shard cache {folder}: {e.strerror or e}; set data.cache_dir or DINO_PIPE_CACHE"
         ) from None
-    staged = folder / f".{MANIFEST_NAME}.{os.getpid()}.remote"
-    atomic_write_bytes(staged, raw)
-    try:
-        manifest = read_manifest_file(staged)
-    except UserError as e:
-        raise UserError(str(e).replace(str(staged), f"{url}/{MANIFEST_NAME}")) from None
-    entries = manifest["shards"]
-    total = sum(int(e["bytes"]) for e in entries)
-    if total > settings.max_bytes:
-        raise UserError(f"shard set {url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
-                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
+    name, data = last
+    staged = folder / f".{name}.{os.getpid()}.remote"
+    atomic_write_bytes(staged, data)
     with _locked(folder):  # ranks of one node sharing the cache: one fetches, the others then find it done
         (folder / USED_MARKER).touch()
-        todo = [e for e in entries if not is_cached(folder, e)]
+        todo = [e for e in files if not is_cached(folder, e)]
         if todo:
-            evict(settings, keep=folder, need=sum(int(e["bytes"]) for e in todo))
-            _fetch_all(store, url, folder, todo, settings.threads, progress)
-        os.replace(staged, folder / MANIFEST_NAME)
-        listed = {n for e in entries for n in (e["file"], e["index"], _marker(folder, e["file"]).name)}
-        for p in folder.iterdir():  # shards of an older version of the set, temp files of killed fetches
-            if p.is_file() and p.name not in listed and p.name.endswith((".tar", ".idx", ".sha256", ".fetch")):
+            evict(settings, keep=folder, need=sum(e.size for e in todo))
+            _fetch_all(store, folder, todo, settings.threads, progress)
+        os.replace(staged, folder / name)
+        listed = {n for e in files for n in (e.name, e.companion, _marker(folder, e.name).name)}
+        suffixes = tuple({Path(n).suffix for e in files for n in (e.name, e.companion)} | {".sha256", ".fetch"})
+        for p in folder.iterdir():  # files of an older version of the set, temp files of killed fetches
+            if p.is_file() and p.name not in listed and p.name.endswith(suffixes):
                 with contextlib.suppress(OSError):
                     p.unlink()
     return folder
@@ -213,12 +206,12 @@ def _locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _fetch_all(store: S3Store, url: S3Url, folder: Path, todo: list[dict], threads: int, progress: bool) -> None:
+def _fetch_all(store: Store, folder: Path, todo: list[CachedFile], threads: int, progress: bool) -> None:
     from dino_pipe.progress import make_progress
 
     with make_progress("MB", disable=not progress) as bar, ThreadPoolExecutor(max_workers=threads) as pool:
-        task = bar.add_task(f"fetch {url}", total=sum(int(e["bytes"]) for e in todo) / 1e6)
-        futures = {pool.submit(fetch_shard, store, url, folder, e) for e in todo}
+        task = bar.add_task(f"fetch {store.url}", total=sum(e.size for e in todo) / 1e6)
+        futures = {pool.submit(fetch_file, store, folder, e) for e in todo}
         while futures:
             done, futures = wait(futures, return_when=FIRST_COMPLETED)
             for f in done:
@@ -228,13 +221,3 @@ def _fetch_all(store: S3Store, url: S3Url, folder: Path, todo: list[dict], threa
                     raise f.exception()
                 bar.update(task, advance=f.result() / 1e6)
 
-
-def resolve_shardset(
-    location: str | os.PathLike, settings: CacheSettings | None = None, progress: bool = False
-) -> Path:
-    """A local folder for ``location``: itself when local, the filled cache folder for ``s3://``."""
-    from dino_pipe.storage.url import is_remote
-
-    if is_remote(location):
-        return fetch_shardset(str(location), settings, progress)
-    return Path(location)

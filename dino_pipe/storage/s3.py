@@ -1,4 +1,5 @@
-"""A thin client for one S3-compatible store (AWS S3, MinIO, Ceph, …) through boto3.
+"""``s3://bucket/prefix`` as a :class:`~dino_pipe.storage.store.Store`: any S3-compatible server
+(AWS S3, MinIO, Ceph, …) through boto3.
 
 Only what a shard set needs: list a "folder", GET a whole object (streamed, retried), PUT a whole
 object (atomic: S3 makes an object visible only once its PUT completed), HEAD, DELETE. Every
@@ -8,7 +9,9 @@ check. Settings come from the usual AWS variables: ``AWS_ENDPOINT_URL`` (any S3-
 path-style addressing is then used), ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or
 ``AWS_PROFILE`` / ``~/.aws``), ``AWS_DEFAULT_REGION``.
 
-``requests`` counts the HTTP requests sent, by operation (benchmarks report requests per shard).
+:class:`S3Bucket` is the client of one bucket (checked reachable once per process); :class:`S3Store`
+is a prefix in it, the store the rest of dino-pipe sees. ``requests`` counts the HTTP requests sent,
+by operation (benchmarks report requests per shard).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from dino_pipe.errors import UserError
-from dino_pipe.storage.url import S3Url
+from dino_pipe.storage.store import Stat
+from dino_pipe.storage.url import url_scheme
 
 CHUNK = 1 << 20  # bytes per read of a GET body: memory per download in flight
 DOWNLOAD_TRIES = 4  # whole-object attempts when a connection drops mid-transfer (plus botocore's own retries)
@@ -37,12 +43,38 @@ def _boto():
     return boto3, botocore.config, botocore.exceptions
 
 
-class S3Store:
-    """The bucket of ``url``, checked reachable and readable with these credentials on creation."""
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    prefix: str  # no leading or trailing "/"; "" = bucket root
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_s3(value: str | os.PathLike) -> S3Url:
+    """``s3://bucket/prefix`` -> S3Url; malformed URLs -> UserError."""
+    text = str(value)
+    scheme = url_scheme(text)
+    if scheme != "s3":
+        raise UserError(f"{text}: only s3:// URLs are supported for remote shard sets (got {scheme}://)")
+    rest = re.sub(r"^[A-Za-z0-9]+:/+", "", text)
+    bucket, _, prefix = rest.partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise UserError(f"{text}: '{bucket}' is not a valid S3 bucket name (expected s3://bucket/prefix)")
+    return S3Url(bucket, prefix.strip("/"))
+
+
+class S3Bucket:
+    """The client of one bucket, checked reachable and readable with these credentials on creation.
+
+    Its methods take whole keys; :class:`S3Store` adds the prefix."""
 
     def __init__(self, url: S3Url, retries: int = 3, connect_timeout: float = 5.0, read_timeout: float = 30.0):
         boto3, bconfig, self._exc = _boto()
-        self.url = url
         self.bucket = url.bucket
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         cfg = bconfig.Config(retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=connect_timeout,
@@ -123,9 +155,9 @@ class S3Store:
         return f"s3://{self.bucket}/{key}"
 
     # ------------------------------------------------------------------ reading
-    def list_folder(self, url: S3Url) -> tuple[dict[str, int], list[str]]:
-        """``({file name: size}, [sub-folder names])`` directly under ``url``."""
-        prefix = f"{url.prefix}/" if url.prefix else ""
+    def list_folder(self, folder: str) -> tuple[dict[str, int], list[str]]:
+        """``({file name: size}, [sub-folder names])`` directly under the key prefix ``folder``."""
+        prefix = f"{folder}/" if folder else ""
         files: dict[str, int] = {}
         dirs: list[str] = []
 
@@ -139,18 +171,18 @@ class S3Store:
                 for p in page.get("CommonPrefixes", []):
                     dirs.append(p["Prefix"][len(prefix):].rstrip("/"))
 
-        self._call(str(url), run)
+        self._call(self.name(folder) if folder else f"s3://{self.bucket}", run)
         return files, dirs
 
-    def head(self, key: str) -> dict | None:
-        """``{"size", "metadata"}`` of an object, or None when it does not exist."""
+    def head(self, key: str) -> Stat | None:
+        """Size and metadata of an object, or None when it does not exist."""
         try:
             r = self.client.head_object(Bucket=self.bucket, Key=key)
         except (self._exc.BotoCoreError, self._exc.ClientError) as e:
             if self._missing(e):
                 return None
             raise self.explain(e, self.name(key)) from None
-        return {"size": int(r["ContentLength"]), "metadata": r.get("Metadata", {})}
+        return Stat(int(r["ContentLength"]), r.get("Metadata", {}))
 
     def get_bytes(self, key: str) -> bytes | None:
         """A small object whole (a manifest, a journal record); None when it does not exist."""
@@ -201,23 +233,72 @@ class S3Store:
             lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {}),
         )
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: list[str], what: str) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
             self._call(
-                str(self.url),
+                what,
                 lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b, "Quiet": True}),
             )
 
 
-_stores: dict[str, S3Store] = {}
-_stores_lock = threading.Lock()
+class S3Store:
+    """The prefix ``prefix`` of ``bucket`` as a :class:`~dino_pipe.storage.store.Store`."""
+
+    def __init__(self, bucket: S3Bucket, prefix: str):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket.bucket}/{self.prefix}" if self.prefix else f"s3://{bucket.bucket}"
+
+    @property
+    def client(self):
+        """The boto3 client (shared by every store of this bucket)."""
+        return self.bucket.client
+
+    @property
+    def requests(self) -> collections.Counter[str]:
+        """HTTP requests sent to this bucket so far, by method."""
+        return self.bucket.requests
+
+    def _key(self, key: str) -> str:
+        return "/".join(p for p in (self.prefix, key) if p)
+
+    def child(self, name: str) -> S3Store:
+        return S3Store(self.bucket, self._key(name))
+
+    def describe(self, key: str = "") -> str:
+        return self.bucket.name(self._key(key)) if key else self.url
+
+    def list(self, folder: str = "") -> tuple[dict[str, int], list[str]]:
+        return self.bucket.list_folder(self._key(folder))
+
+    def stat(self, key: str) -> Stat | None:
+        return self.bucket.head(self._key(key))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        return self.bucket.get_bytes(self._key(key))
+
+    def download(self, key: str, out: BinaryIO) -> tuple[int, str]:
+        return self.bucket.download(self._key(key), out)
+
+    def put_file(self, key: str, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        self.bucket.put_file(self._key(key), path, metadata)
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self.bucket.put_bytes(self._key(key), data, metadata)
+
+    def delete(self, keys: list[str]) -> None:
+        self.bucket.delete([self._key(k) for k in keys], self.url)
 
 
-def open_store(url: S3Url) -> S3Store:
-    """The (cached, per bucket and process) store for ``url``; checks the bucket on first use."""
+_buckets: dict[str, S3Bucket] = {}
+_buckets_lock = threading.Lock()
+
+
+def open_s3(location: str) -> S3Store:
+    """The store for ``s3://bucket/prefix``; its bucket client is made (and checked) once per process."""
+    url = parse_s3(location)
     key = f"{url.bucket}|{os.environ.get('AWS_ENDPOINT_URL', '')}|{os.environ.get('AWS_ACCESS_KEY_ID', '')}"
-    with _stores_lock:
-        if key not in _stores:
-            _stores[key] = S3Store(url)
-        return _stores[key]
+    with _buckets_lock:
+        if key not in _buckets:
+            _buckets[key] = S3Bucket(url)
+        return S3Store(_buckets[key], url.prefix)

@@ -1,15 +1,14 @@
-"""Shard-set locations: a local folder, or ``s3://bucket/prefix``.
+"""Locations: a local path, or a URL (``s3://bucket/prefix``) told apart by its scheme.
 
 ``pathlib.Path("s3://b/k")`` silently becomes the local path ``s3:/b/k``, so every place that takes
-a location checks for a URL first: supported ones go to :mod:`dino_pipe.storage`, the rest are
-refused with one line (:func:`refuse_url`).
+a location checks for a URL first: places that take URLs open them with
+:func:`~dino_pipe.storage.store.open_store`, the rest refuse them with one line (:func:`refuse_url`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from dino_pipe.errors import UserError
 
@@ -34,31 +33,3 @@ def refuse_url(value: str | os.PathLike, what: str) -> None:
     if scheme is not None:
         shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)", r"\1://", str(value))  # Path("s3://b") is "s3:/b"
         raise UserError(f"{what} {shown}: {scheme}:// locations are not supported here; give a local path")
-
-
-@dataclass(frozen=True)
-class S3Url:
-    bucket: str
-    prefix: str  # no leading or trailing "/"; "" = bucket root
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def child(self, name: str) -> "S3Url":
-        return S3Url(self.bucket, self.key(name))
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def parse_s3(value: str | os.PathLike) -> S3Url:
-    """``s3://bucket/prefix`` -> S3Url; other schemes and malformed URLs -> UserError."""
-    text = str(value)
-    scheme = url_scheme(text)
-    if scheme != "s3":
-        raise UserError(f"{text}: only s3:// URLs are supported for remote shard sets (got {scheme}://)")
-    rest = re.sub(r"^[A-Za-z0-9]+:/+", "", text)
-    bucket, _, prefix = rest.partition("/")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-        raise UserError(f"{text}: '{bucket}' is not a valid S3 bucket name (expected s3://bucket/prefix)")
-    return S3Url(bucket, prefix.strip("/"))

@@ -65,7 +65,8 @@ def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Pa
 
     if parse_synthetic(data) is not None or not is_remote(data):
         return data
-    from dino_pipe.storage.cache import CacheSettings, fetch_shardset
+    from dino_pipe.shards.fetch import fetch_shardset
+    from dino_pipe.storage.cache import CacheSettings
 
     return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
 

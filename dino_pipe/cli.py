@@ -15,24 +15,48 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from dino_pipe import __version__
 from dino_pipe.errors import UserError, os_error_message
 
+
+class _FlagsWithoutType:
+    """Help without a ``<bool>`` type beside plain flags (--help, --quiet, --force, --version, ...): a flag
+    takes no value, so there is no type to show."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutType, TyperCommand):
+    """Every dino-pipe command (see :class:`_FlagsWithoutType`)."""
+
+
+class _Group(_FlagsWithoutType, TyperGroup):
+    """dino-pipe and its command groups (see :class:`_FlagsWithoutType`)."""
+
+
 app = typer.Typer(
+    cls=_Group,
     name="dino-pipe",
     help="DINO self-supervised training fed by NVIDIA DALI over validated WebDataset shards.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-eval_app = typer.Typer(help="Measure what a run learned: k-NN and linear probes.", no_args_is_help=True)
-bench_app = typer.Typer(help="Throughput benchmarks: the loader and the training step.", no_args_is_help=True)
-viz_app = typer.Typer(help="Pictures: attention maps and training curves.", no_args_is_help=True)
+eval_app = typer.Typer(cls=_Group, help="Measure what a run learned: k-NN and linear probes.", no_args_is_help=True)
+bench_app = typer.Typer(cls=_Group, help="Throughput benchmarks: the loader and the training step.",
+                        no_args_is_help=True)
+viz_app = typer.Typer(cls=_Group, help="Pictures: attention maps and training curves.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(viz_app, name="viz")
-config_app = typer.Typer(help="Presets: the resolved config a command would use.", no_args_is_help=True)
+config_app = typer.Typer(cls=_Group, help="Presets: the resolved config a command would use.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 def _console(**kwargs: Any) -> Console:
@@ -103,6 +127,22 @@ def _local_shardset(location: str, quiet: bool = False) -> Path:
     return resolve_shardset(location, progress=not quiet)
 
 
+def check_inputs(checkpoint: Optional[Path] = None, shardsets: tuple = (), images: tuple = ()) -> None:
+    """The files a command reads, checked before torch and DALI are imported, so a typo is one line at once:
+    a checkpoint file or run folder, local shard sets (their manifests), image files."""
+    from dino_pipe.data.shardset import open_shardset
+    from dino_pipe.train.run_dir import find_checkpoint
+
+    if checkpoint is not None:
+        find_checkpoint(checkpoint)
+    for shardset in shardsets:
+        if shardset is not None:
+            open_shardset(shardset, check=False)
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: image not found")
+
+
 def write_json(path: Path | None, result: Any) -> None:
     """Write a command's machine-readable result (atomically) when ``path`` is given."""
     if path is None:
@@ -138,6 +178,12 @@ def check_outputs(
 FORCE_HELP = "Replace output files that already exist (refused otherwise)."
 
 
+def _title(text: str) -> None:
+    """A table's title on its own line: as a rich table title it would wrap to the table's width (a 27-character
+    column for the k-NN table)."""
+    out.print(text, style="bold", highlight=False, soft_wrap=True)
+
+
 def print_json(result: Any) -> None:
     from dino_pipe.atomic import json_text
 
@@ -147,6 +193,11 @@ def print_json(result: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 # shards package: shard, verify
 # ----------------------------------------------------------------------------------------------
+
+
+#: what each --layout is, in the shard summary (the option keeps its short names)
+_LAYOUT_WORDS = {"imagenet": "train/val folders of classes", "imagefolder": "class folders",
+                 "unlabeled": "a folder of images"}
 
 
 @app.command("shard")
@@ -195,8 +246,10 @@ def shard_cmd(
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
     n_classes = result["sets"][0]["num_classes"]
     labels = f"{n_classes} classes" if n_classes else "no labels"
-    layout = result["layout"] + (f": {result['form']}" if result.get("form") not in (None, "folders") else "")
-    table = Table(title=f"{result['source']} -> {result['out']} ({layout}, {labels})", box=box.SIMPLE_HEAD)
+    layout = _LAYOUT_WORDS.get(result["layout"], result["layout"])
+    layout += f": {result['form']}" if result.get("form") not in (None, "folders") else ""
+    _title(f"{result['source']} -> {result['out']} ({layout}, {labels})")
+    table = Table(box=box.SIMPLE_HEAD)
     for col in ("set", "samples", "shards", "MB", "converted", "skipped", "img/s", "status"):
         table.add_column(col, justify="left" if col in ("set", "status") else "right", no_wrap=col == "status")
     for s in result["sets"]:
@@ -249,9 +302,8 @@ def verify_cmd(
         result = verify_remote(shardset, workers=workers, device=device, progress=not quiet)
     else:
         result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
-    table = Table(
-        title=f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})", box=box.SIMPLE_HEAD
-    )
+    _title(f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})")
+    table = Table(box=box.SIMPLE_HEAD)
     for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
         table.add_column(col, justify="left" if col in ("set", "manifest", "result") else "right")
     for s in result["sets"]:
@@ -383,15 +435,25 @@ def train_cmd(
     --data may also be a parent folder holding train/ and val/ shard sets: its train/ set is used.
     """
     from dino_pipe.config import DEFAULT_PRESET, load_config
-    from dino_pipe.train.loop import train
+    from dino_pipe.train.inputs import check_data, check_run_dir, local_data
 
     notes = [] if config else [f"config: {DEFAULT_PRESET} (ViT-S/16, the reference DINO run; --config to choose)"]
     config = config or Path(DEFAULT_PRESET)
     cfg = load_config(config, _eval_overrides(overrides, **{"train.epochs": epochs, "data.batch_size": batch_size}))
     data, output = _train_defaults(data, output, config, cfg, extend, notes)
+    fetch_progress = not quiet and os.environ.get("RANK", "0") == "0"  # s3://: one progress bar per job
+    data = check_data(local_data(data, cfg, progress=fetch_progress))  # paths first: torch and DALI load only after
+    check_run_dir(output)
+    from dino_pipe.train.loop import train
+
     result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend)
     if result:
         print_json(result)
+        knn = result.get("online_knn")
+        if knn and knn.get("untrained_top1") is not None and knn["step"] > 0:
+            out.print(f"online k-NN top-1 (k = {knn['k']}): untrained {knn['untrained_top1']:.2f} % (step 0) -> "
+                      f"{knn['top1']:.2f} % (step {knn['step']}), {knn['top1'] - knn['untrained_top1']:+.2f} points",
+                      highlight=False)
 
 
 def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, cfg: Any, extend: bool,
@@ -552,24 +614,25 @@ def eval_knn_cmd(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Weighted k-NN top-1/top-5 of frozen features (DINO protocol: teacher, T = 0.07, k = 10/20/100/200)."""
-    from rich.table import Table
-
-    from dino_pipe.eval.knn_eval import evaluate_knn, feature_file
-
     run_json = False  # RUN/knn.json: the run's own result, replaced by each default evaluation
     if not load_features and (checkpoint is None or train is None or val is None):
         defaulted = checkpoint is None
         checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
         if defaulted and json_path is None and run is not None:
             json_path, run_json = run / "knn.json", True
+    train_set, val_set = train and _local_shardset(train), val and _local_shardset(val)
+    if load_features is None:
+        check_inputs(checkpoint, (train_set, val_set))
+    from dino_pipe.eval.knn_eval import evaluate_knn, feature_file
+
     saved = {feature_file(save_features, split): ("--save-features", f"written into {save_features}")
              for split in ("train", "val")} if save_features else {}
     check_outputs({"--json": None if run_json else json_path}, {"--save-features": save_features}, force=force,
                   beside=saved)
     result = evaluate_knn(
         checkpoint,
-        train and _local_shardset(train),
-        val and _local_shardset(val),
+        train_set,
+        val_set,
         which=which,
         random_init=random_init,
         ks=tuple(k) if k else None,
@@ -582,9 +645,20 @@ def eval_knn_cmd(
         gpus=_eval_gpus(gpus),
         procs=procs,
     )
+    _print_knn(result)
+    write_json(json_path, result)
+
+
+def _print_knn(result: dict) -> None:
+    """The k-NN table, its notes, the data line and the untrained baseline."""
+    from rich.table import Table
+
+    from dino_pipe.eval.baseline import run_baseline
+
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(title=f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
+    _title(f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
+    table = Table()
     table.add_column("k", justify="right")
     table.add_column("top-1 %", justify="right")
     table.add_column("top-5 %", justify="right")
@@ -601,7 +675,23 @@ def eval_knn_cmd(
               f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
               f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
     _print_worst_classes(result["results"], d["train"])
-    write_json(json_path, result)
+    _print_knn_baseline(result, run_baseline(result))
+
+
+def _print_knn_baseline(result: dict, baseline: Optional[dict]) -> None:
+    """The untrained network's top-1 next to this result's (from the run's step-0 online k-NN), or how to get it;
+    stored in the result as ``baseline``."""
+    if result["checkpoint"].get("random_init"):
+        return
+    if baseline is None:
+        out.print("untrained baseline: not measured by this run on these sets; add --random-init to measure it",
+                  highlight=False)
+        return
+    result["baseline"] = baseline
+    row = next((r for r in result["results"] if r["k"] == baseline["k"]), None)
+    here = f" -> {row['top1']:.2f} % here ({row['top1'] - baseline['top1']:+.2f} points)" if row else ""
+    out.print(f"untrained network (the run's online k-NN at step 0, k = {baseline['k']}): top-1 "
+              f"{baseline['top1']:.2f} %{here}", highlight=False, soft_wrap=True)
 
 
 def _class_label(facts: dict, c: int) -> str:
@@ -673,8 +763,6 @@ def eval_linear_cmd(
     """Linear probe on frozen features (SGD, cosine lr, random-resized-crop + flip); resumable."""
     from rich.table import Table
 
-    from dino_pipe.eval.linear import evaluate_linear
-
     checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
     if out_dir is None:
         if run is None:
@@ -682,14 +770,18 @@ def eval_linear_cmd(
         out_dir = run
         err.print(f"output: {out_dir}/linear.json (the run; --out to choose)", highlight=False)
     check_outputs(folders={"--out": out_dir})
+    train_set, val_set = _local_shardset(train), _local_shardset(val)
+    check_inputs(checkpoint, (train_set, val_set))
+    from dino_pipe.eval.linear import evaluate_linear
+
     opts = {"eval.linear_epochs": epochs, "eval.linear_lr": lr, "eval.batch_size": batch_size,
             "eval.linear_n_last_blocks": n_last_blocks,
             "eval.linear_avgpool_patchtokens": None if avgpool is None else str(avgpool).lower(),
             "data.eval_resize": resize, "data.eval_crop": crop}
     result = evaluate_linear(
         checkpoint,
-        _local_shardset(train),
-        _local_shardset(val),
+        train_set,
+        val_set,
         out_dir,
         which=which,
         random_init=random_init,
@@ -699,10 +791,9 @@ def eval_linear_cmd(
     )
     src = result["checkpoint"]
     weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    table = Table(
-        title=f"linear probe  {src.get('model', src.get('arch'))} ({weights}), "
-        f"{result['linear']['feature_dim']}-d features"
-    )
+    _title(f"linear probe  {src.get('model', src.get('arch'))} ({weights}), "
+           f"{result['linear']['feature_dim']}-d features")
+    table = Table()
     for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
         table.add_column(col, justify="right")
     best = result["best"]
@@ -736,8 +827,8 @@ def viz_attention_cmd(
     size: Optional[int] = typer.Option(
         None,
         "--size",
-        help="Resize the shorter side to this first (default: the size the run trained at, data.global_size; "
-        "0 = keep the image size).",
+        help="Resize the shorter side to this first (default: the size the run trained at, data.global_size, "
+        "unless that gives fewer than 14 patches a side: then 224; 0 = keep the image size).",
     ),
     threshold: Optional[float] = typer.Option(
         0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."
@@ -746,10 +837,8 @@ def viz_attention_cmd(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
-    import torch
-
-    from dino_pipe.eval.attention import attention_outputs, render_attention
-
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device}: use auto, cpu or cuda")
     checkpoint, _, _, run = _run_inputs(checkpoint)
     in_run = out_dir is None  # RUN/attention: the run's own pictures, redrawn freely
     if in_run:
@@ -757,12 +846,15 @@ def viz_attention_cmd(
             raise UserError(f"--checkpoint {checkpoint} is not in a run folder: give --out")
         out_dir = run / "attention"
         err.print(f"output: {out_dir} (in the run; --out to choose)", highlight=False)
+    check_inputs(checkpoint, images=tuple(images))
+    from dino_pipe.eval.attention import attention_outputs, render_attention
+
     check_outputs(folders={"--out": out_dir}, force=force or in_run,
                   beside={f: ("--out", f"written into {out_dir}") for f in attention_outputs(images, out_dir)})
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: use auto, cpu or cuda")
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=device)
     if result["note"]:
@@ -795,6 +887,7 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace FILE.safetensors and FILE.json if they exist."),
 ) -> None:
     """The backbone as a timm state dict in safetensors, loadable with timm.create_model(pretrained=True, ...)."""
+    check_inputs(checkpoint)
     from dino_pipe.eval.export import export_backbone, sidecar_path
 
     checkpoint, _, _, run = _run_inputs(checkpoint)
@@ -833,9 +926,23 @@ def viz_curves_cmd(
     mine = force or out_file is None  # the default RUN_DIR/curves.png is the run's own, redrawn freely
     check_outputs({"--out": png}, force=mine, beside={png.with_suffix(".json"): ("--out", f"written beside {png}")})
     result = plot_curves(run_dir, png, knn or [], k=k)
+    n_knn, n_online = len(result["knn"]), len(result["online_knn"])
+    knn = f"{n_knn} k-NN result{'' if n_knn == 1 else 's'}" + (
+        f", {n_online} online k-NN point{'' if n_online == 1 else 's'}" if n_online else "")
     out.print(f"{result['png']}: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} over "
-              f"{result['logged_steps']} logged steps; {len(result['knn'])} k-NN points", highlight=False)
+              f"{result['logged_steps']} logged steps; {knn}", highlight=False)
     write_json(png.with_suffix(".json"), result)
+
+
+def _use_command_class() -> None:
+    """Every registered command is built as :class:`_Command` (unless it names its own class)."""
+    for group in (app, eval_app, bench_app, viz_app, config_app):
+        for info in group.registered_commands:
+            if info.cls in (None, TyperCommand):  # typer's default
+                info.cls = _Command
+
+
+_use_command_class()
 
 
 def main() -> None:

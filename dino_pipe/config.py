@@ -234,7 +234,8 @@ class TrainConfig:
     collapse_check_every_steps: int = 50
     """Steps between collapse checks of the teacher output."""
     cpu_threads: int = 0
-    """torch intra-op threads per process on the CPU (0 = torch's default / cores per process)."""
+    """torch intra-op threads per process on the CPU; 0 = automatic: the process's share of the cores minus the
+    loader's data.threads (half the share when data.threads is automatic too), at least 1 (README: threads)."""
 
 
 @dataclass
@@ -268,14 +269,18 @@ class EvalConfig:
     linear_crop_scale: tuple[float, float] = (0.08, 1.0)
     """Linear probe train augmentation: random resized crop scale (+ flip)."""
     online_knn_train: str = ""
-    """Online k-NN during `train` (off unless both are set): labelled train shard set; measured with the teacher
-    at step 0, every epoch end (or every online_knn_every_steps steps) and the last step."""
+    """Online k-NN during `train`: labelled train shard set (the bank); measured with the teacher at step 0 (the
+    untrained baseline), every epoch end (or every online_knn_every_steps steps) and the last step."""
     online_knn_val: str = ""
     """Online k-NN: labelled val shard set."""
     online_knn_every_steps: int = 0
     """Online k-NN period in steps (0 = at every epoch end)."""
     online_knn_k: int = 20
     """Online k-NN neighbour count."""
+    online_knn_auto: bool = True
+    """When online_knn_train/val are unset and --data is a labelled shard set (up to 100,000 images) with a labelled
+    val/ set of the same classes beside it (as `dino-pipe shard` writes train/ + val/), measure the online k-NN on
+    that pair, about 10 times a run at most (every epoch, or every few epochs); false = off."""
 
 
 @dataclass

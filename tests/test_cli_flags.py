@@ -133,3 +133,16 @@ def test_choice_options_list_the_choices_they_accept():
                 metavars[(path, p.opts[0])] = p.metavar
     for key, values in expected.items():
         assert metavars[key] == "[" + "|".join(values) + "]", (key, metavars[key])
+
+
+def test_plain_flags_show_no_type_in_any_help():
+    """``--help`` shows ``<bool>`` beside no flag (--extend, --quiet, --version, --help, ...): a flag takes no value."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    paths = [path for path, _ in _commands(typer.main.get_command(app))]
+    assert len(paths) > 10
+    for path in paths:
+        res = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+        assert res.exit_code == 0, (path, res.output)
+        assert "--help" in res.output and "<bool>" not in res.output, (path, res.output)

@@ -3,6 +3,8 @@ sizes, maps sum to 1, the mass threshold, and the PNG."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -96,11 +98,29 @@ def test_render_writes_pngs_for_any_image_size(tmp_path, photos):
     res = render_attention(ckpt, paths[1:], tmp_path / "out4", threshold=None)
     assert res["size"] == res["trained_size"] == 224 and res["note"] is None
     assert min(res["images"][0]["height"], res["images"][0]["width"]) == 224
+    # a run trained at 32 px with 8-px patches (4 x 4 patches: a map of 16 cells shows nothing) is drawn at 224 px
+    # by default (28 x 28 patches), and the note says why; --size 32 draws at the training size
     small = write_tiny_checkpoint(tmp_path / "run32", patch=8, extra=["data.global_size=32"])
     res = render_attention(small, paths[1:], tmp_path / "out5")
-    assert res["trained_size"] == res["size"] == 32 and res["note"] is None and res["images"][0]["grid"] == [4, 4]
-    res = render_attention(small, paths[1:], tmp_path / "out6", size=96, threshold=None)
-    assert "the run trained at 32 px" in res["note"] and "a 12-patch side instead of 4" in res["note"]
+    assert res["trained_size"] == 32 and res["size"] == 224 and min(res["images"][0]["grid"]) == 28
+    assert "28 patches a side instead of the 4" in res["note"] and "--size 32" in res["note"]
+    res = render_attention(small, paths[1:], tmp_path / "out6", size=32, threshold=None)
+    assert res["size"] == 32 and res["note"] is None and res["images"][0]["grid"] == [4, 4]
+    res = render_attention(small, paths[1:], tmp_path / "out7", size=96, threshold=None)
+    assert "a 12-patch side instead of the 4" in res["note"]
+
+
+def test_default_size_and_titles_name_the_class():
+    from dino_pipe.eval.attention import default_size, image_label
+
+    assert default_size(224, 16) == 224 and default_size(32, 8) == 224 and default_size(32, 4) == 224
+    assert default_size(480, 8) == 480 and default_size(64, 16) == 224
+    classes = {"3": "3", "class_0": "class_0", "n01440764": "tench"}
+    assert image_label(Path("my/val/3/01504.png"), classes) == "class 3  (01504.png)"
+    assert image_label(Path("x/n01440764/a.JPEG"), classes) == "tench  (a.JPEG)"
+    assert image_label(Path("x/other/a.jpg"), classes) == "a.jpg"  # not a class of the run: the file name
+    assert image_label(Path("my_images/val/dog/a.jpg"), {}) == "dog  (a.jpg)"  # no run classes: an image tree
+    assert image_label(Path("photos/a.jpg"), {}) == "a.jpg"
 
 
 def test_masked_row_shows_attention_on_a_black_background():

@@ -120,3 +120,22 @@ def test_eval_knn_prints_lines_without_a_terminal(tmp_path, monkeypatch, tiny_sh
     for name in ("train features", "val features", "k-NN"):
         lines = _progress_lines(res.output, name)
         assert lines and "100%" in lines[-1] and "/s" in lines[-1], (name, res.output)
+
+
+def test_train_lines_between_log_steps_show_the_epoch_now_and_name_the_logged_step(tmp_path, monkeypatch):
+    """Between log steps the line's epoch moves on with the step; the loss and rates are those of the last
+    logged step, which the line names (not repeated as if they were current)."""
+    from dino_pipe.cli import app
+
+    monkeypatch.setenv("DINO_PIPE_PROGRESS_EVERY", "0")
+    res = CliRunner().invoke(app, ["train", "--data", "synthetic:32", "--out", str(tmp_path / "run"), "--gpus", "0",
+                                   "--epochs", "1", "--batch-size", "4", "model.arch=vit_tiny_patch16_224",
+                                   "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}", "model.out_dim=64",
+                                   "model.hidden_dim=32", "model.bottleneck_dim=16", "data.global_size=32",
+                                   "data.local_size=16", "data.n_local=2", "train.log_every_steps=4",
+                                   "train.cpu_threads=1"])
+    assert res.exit_code == 0, res.output
+    lines = {int(re.search(r"train (\d+)/8", ln).group(1)): ln for ln in _progress_lines(res.output, "train")}
+    assert "ep 0.62/1 | step 4: loss" in lines[5] and "ep 0.75/1 | step 4: loss" in lines[6], lines
+    assert "ep 1.00/1 | step 8: loss" in lines[8], lines
+    assert "| step" not in lines.get(1, "| ")  # nothing logged yet: no figures at all

@@ -184,9 +184,14 @@ def save_attention_grid(
     names = [f"head {i}" for i in range(heads)] + ["mean"]
     axes[0][0].imshow(image)
     axes[0][0].set_title("image", fontsize=8)
+    relative = up * all_maps[0].numel()  # attention per patch in multiples of the uniform share (1 = even)
+    low, high = float(relative.min()), float(relative.max())  # one scale for all heads, so they compare
     for j, name in enumerate(names):
-        axes[0][j + 1].imshow(up[j], cmap="inferno", interpolation="nearest")
+        shown = axes[0][j + 1].imshow(relative[j], cmap="inferno", interpolation="nearest", vmin=low, vmax=high)
         axes[0][j + 1].set_title(name, fontsize=8)
+    bar = fig.colorbar(shown, ax=list(axes[0][1:]), shrink=0.9, pad=0.01, aspect=15)
+    bar.set_label("attention per patch\n(× even share)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     if threshold is not None:
         masks = upsample(mass_mask(all_maps, threshold).float(), patch).numpy()
         axes[1][0].imshow(image)
@@ -217,6 +222,64 @@ def attention_outputs(images: list[str | Path], out: str | Path) -> list[Path]:
     return [*pngs, Path(out) / "attention.json"]
 
 
+#: ``viz attention`` draws at the training size when that gives at least this many patches a side, else at
+#: :data:`DRAW_PX` (a 32-px run with 8-px patches has 4 x 4 patches: a map of 16 cells shows nothing)
+MIN_PATCHES = 14
+DRAW_PX = 224
+
+
+def default_size(trained: int, patch: int) -> int:
+    """The size ``viz attention`` draws at by default: the run's training size ``trained`` when it has at
+    least :data:`MIN_PATCHES` patches a side, else :data:`DRAW_PX` px."""
+    return trained if trained // patch >= MIN_PATCHES else max(DRAW_PX, MIN_PATCHES * patch)
+
+
+def size_note(size: int, trained: int, patch: int, chosen: bool) -> str | None:
+    """What the result says when the maps are drawn at another size than the run trained at (None when not):
+    ``chosen`` = the default picked it (to show detail), else ``--size`` asked for it."""
+    if not size or size == trained:
+        return None
+    why = (f"so the map has {size // patch} patches a side instead of the {trained // patch} of the run's "
+           f"{trained}-px training crops, too few to show where it looks" if chosen else
+           f"a {size // patch}-patch side instead of the {trained // patch} of the run's {trained}-px training crops")
+    return f"drawn at {size} px on the shorter side ({why}; --size {trained} draws at the training size)"
+
+
+def run_classes(cfg) -> dict[str, str]:
+    """Folder name -> class name of the run's labelled training set, when the run names one (its online
+    k-NN bank, ``eval.online_knn_train``) and that set's manifest is here; ``class_names`` (when the manifest
+    has it, parallel to ``classes``) gives the display names. Empty when unknown."""
+    from dino_pipe.shards.manifest import MANIFEST_NAME, read_manifest_file
+
+    bank = Path(cfg.eval.online_knn_train) if cfg.eval.online_knn_train else None
+    if bank is None or not (bank / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        manifest = read_manifest_file(bank / MANIFEST_NAME)
+    except UserError:
+        return {}
+    classes = [str(c) for c in manifest.get("classes") or []]
+    names = manifest.get("class_names")
+    if isinstance(names, list) and len(names) == len(classes):
+        return {c: str(n) for c, n in zip(classes, names)}
+    if isinstance(names, dict):
+        return {c: str(names.get(c, c)) for c in classes}
+    return {c: c for c in classes}
+
+
+def image_label(path: Path, classes: dict[str, str]) -> str:
+    """The picture's title: ``class <name>`` when the image's folder is a class of the run's training set (or,
+    with no set known, any folder of an image tree ``.../<class>/<file>``), with the file name beside it."""
+    folder = path.parent.name
+    if classes and folder in classes:
+        name = classes[folder]
+    elif not classes and path.parent.parent.name in ("train", "val", "test"):
+        name = folder
+    else:
+        return path.name
+    return f"{'class ' if name.isdigit() else ''}{name}  ({path.name})"
+
+
 def render_attention(
     checkpoint: str | Path,
     images: list[str | Path],
@@ -230,8 +293,9 @@ def render_attention(
 ) -> dict[str, Any]:
     """Write ``OUT/<image stem>-attention.png`` for each image; return what was drawn.
 
-    ``size``: shorter side in pixels before cropping to the patch grid; ``None`` = the size the run
-    trained its global crops at (``data.global_size`` of the checkpoint's config), 0 = as is. Another
+    ``size``: shorter side in pixels before cropping to the patch grid; ``None`` = :func:`default_size` (the
+    size the run trained its global crops at, ``data.global_size``, unless that gives fewer than
+    :data:`MIN_PATCHES` patches a side), 0 = as is. Another
     size gives the model a patch grid it never trained on (finer maps for upscaled small images such
     as digits, near-uniform ones for photos shrunk to a tiny model's scale, depending on the data):
     the result then carries a ``note`` saying so, to compare with the default.
@@ -257,24 +321,25 @@ def render_attention(
         raise UserError(f"{cfg.model.arch}: attention maps need a ViT backbone")
     _last_attention(model)
     trained = int(cfg.data.global_size)
-    if size is None:
-        size = trained
-    note = None
-    if size and size != trained:
-        note = (f"drawn at {size} px on the shorter side; the run trained at {trained} px (data.global_size): "
-                f"a {size // p}-patch side instead of {trained // p}; leave --size out to draw at {trained} px")
+    note = size_note(default_size(trained, p) if size is None else size, trained, p, chosen=size is None)
+    size = default_size(trained, p) if size is None else size
     pictures = [read_image(path, size, p) for path in images]  # every image checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
+    classes = run_classes(cfg)
+    model_name = loaded.source["model"].split(" (")[0]  # "ViT patch 8, 4 blocks, 192-d" without timm's arguments
     for path, image in zip(images, pictures):
         maps = cls_attention(model, to_tensor(image, cfg.data.mean, cfg.data.std).to(device))[0].cpu()
         name = f"{Path(path).stem}-attention.png"
-        title = (f"{Path(path).name}  {loaded.source['model']}  {which}{' (random init)' if random_init else ''}  "
-                 f"step {loaded.source['step']}")
+        label = image_label(Path(path), classes)
+        title = (f"{label}\n{model_name}, {which}{' (random init)' if random_init else ''} at step "
+                 f"{loaded.source['step']}; drawn at {image.shape[1]}x{image.shape[0]} px = {maps.shape[2]}x"
+                 f"{maps.shape[1]} patches of {p} px (trained at {trained} px)")
         save_attention_grid(out / name, image, maps, p, threshold, title)
         entry = {
             "image": str(path),
+            "label": label,
             "png": str(out / name),
             "height": int(image.shape[0]),
             "width": int(image.shape[1]),

@@ -41,6 +41,59 @@ def knn_points(knn_files: list[Path], k: int = 20) -> list[dict[str, Any]]:
     return sorted(points, key=lambda p: (p["step"], not p["random_init"]))
 
 
+def _legend_below(ax, handles: list, labels: list[str]) -> None:
+    """One legend under the panel (outside the plot area), so it never covers a curve's end."""
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
+def _loss_panel(ax, records: list[dict]) -> None:
+    """Loss per logged step, and the teacher entropy on a second axis when logged."""
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="tab:blue", label="DINO loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    ent = [(r["step"], r["teacher_entropy"]) for r in records if r.get("teacher_entropy") is not None]
+    if ent:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in ent], [e for _, e in ent], color="tab:orange", alpha=0.7, label="teacher entropy")
+        ax2.set_ylabel("teacher entropy (nats)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    _legend_below(ax, handles, labels)
+
+
+def _label_end(ax, x: float, y: float, color: str, text: str) -> None:
+    ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8, color=color)
+
+
+def _knn_panel(bx, online: list[dict], points: list[dict]) -> None:
+    """Online k-NN per measured step (step 0 = the untrained network, drawn as a line across) and the k-NN of
+    evaluated checkpoints, with the untrained baseline of ``eval knn --random-init`` as a dashed line."""
+    if online:
+        bx.plot([r["step"] for r in online], [r["knn_top1"] for r in online], "s-", color="tab:purple",
+                label=f"online k-NN, teacher (k={online[0].get('knn_k')})")
+        _label_end(bx, online[-1]["step"], online[-1]["knn_top1"], "tab:purple", f"{online[-1]['knn_top1']:.1f}%")
+        if online[0]["step"] == 0:
+            bx.axhline(online[0]["knn_top1"], color="tab:purple", linestyle=":", alpha=0.7,
+                       label=f"untrained network (online, step 0): {online[0]['knn_top1']:.1f}%")
+    trained = [p for p in points if not p["random_init"]]
+    if trained:
+        bx.plot([p["step"] for p in trained], [p["top1"] for p in trained], "o-", color="tab:green",
+                label=f"trained teacher (k={trained[0]['k']})")
+        _label_end(bx, trained[-1]["step"], trained[-1]["top1"], "tab:green", f"{trained[-1]['top1']:.1f}%")
+    for p in (p for p in points if p["random_init"]):
+        bx.axhline(p["top1"], color="tab:red", linestyle="--",
+                   label=f"untrained network (k={p['k']}): {p['top1']:.1f}%")
+    bx.set_xlabel("step")
+    bx.set_ylabel("k-NN top-1 %")
+    bx.set_title("k-NN accuracy on the validation set")
+    bx.margins(x=0.12, y=0.08)  # room for the end labels
+    bx.grid(alpha=0.3)
+    _legend_below(bx, *bx.get_legend_handles_labels())
+
+
 def plot_curves(run_dir: str | Path, out_png: str | Path, knn_files: list[Path] = (), k: int = 20) -> dict:
     """Draw loss / teacher entropy per logged step and k-NN top-1 per checkpoint into ``out_png``."""
     try:
@@ -59,54 +112,11 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, knn_files: list[Path] 
     points = knn_points(list(knn_files), k)
 
     panels = 2 if points or online else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 4.0), squeeze=False)
-    ax = axes[0][0]
-    steps = [r["step"] for r in records]
-    ax.plot(steps, [r["loss"] for r in records], color="tab:blue", label="DINO loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    ent = [(r["step"], r["teacher_entropy"]) for r in records if r.get("teacher_entropy") is not None]
-    if ent:
-        ax2 = ax.twinx()
-        ax2.plot([s for s, _ in ent], [e for _, e in ent], color="tab:orange", alpha=0.7, label="teacher entropy")
-        ax2.set_ylabel("teacher entropy (nats)")
-        ax2.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    if points or online:
-        bx = axes[0][1]
-        if online:
-            bx.plot(
-                [r["step"] for r in online],
-                [r["knn_top1"] for r in online],
-                "s-",
-                color="tab:purple",
-                label=f"online k-NN, teacher (k={online[0].get('knn_k')})",
-            )
-            if online[0]["step"] == 0:
-                bx.axhline(
-                    online[0]["knn_top1"], color="tab:purple", linestyle=":", alpha=0.7, label="online k-NN at step 0"
-                )
-        trained = [p for p in points if not p["random_init"]]
-        base = [p for p in points if p["random_init"]]
-        if trained:
-            bx.plot(
-                [p["step"] for p in trained],
-                [p["top1"] for p in trained],
-                "o-",
-                color="tab:green",
-                label=f"trained teacher (k={trained[0]['k']})",
-            )
-        for p in base:
-            bx.axhline(p["top1"], color="tab:red", linestyle="--", label=f"untrained network (k={p['k']})")
-        bx.set_xlabel("step")
-        bx.set_ylabel("k-NN top-1 %")
-        bx.set_title("k-NN accuracy on the validation set")
-        bx.legend(loc="lower right", fontsize=8)
-        bx.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 4.6), squeeze=False, layout="constrained")
+    _loss_panel(axes[0][0], records)
+    if panels == 2:
+        _knn_panel(axes[0][1], online, points)
     fig.suptitle(str(run_dir), fontsize=9)
-    fig.tight_layout()
     out_png = Path(out_png)
     with atomic_open(out_png, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import io
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -42,66 +41,25 @@ import torch
 
 from dino_pipe.atomic import atomic_open
 from dino_pipe.errors import UserError
+from dino_pipe.train.run_dir import (  # noqa: F401  (the run folder's layout, re-exported)
+    DATA_RECORD,
+    RESUMABLE_CHANGES,
+    RUN_MARKER,
+    checkpoint_dir,
+    checkpoint_path,
+    config_differences,
+    data_key,
+    find_checkpoint,
+    is_checkpoint_name,
+    is_run_dir,
+    list_checkpoints,
+    mark_run_dir,
+    record_data,
+    recorded_data,
+)
 
 CHECKPOINT_FORMAT = "dino-pipe-checkpoint"
 CHECKPOINT_VERSION = 1
-_NAME = re.compile(r"^step-(\d{8,})\.pt$")
-RUN_MARKER = ".dino-pipe-run"
-
-
-def is_run_dir(run_dir: str | Path) -> bool:
-    """A folder written by ``dino-pipe train``: its marker, or (runs made before the marker) checkpoints."""
-    return (Path(run_dir) / RUN_MARKER).is_file() or bool(list_checkpoints(run_dir))
-
-
-def mark_run_dir(run_dir: str | Path) -> None:
-    from dino_pipe.atomic import atomic_write_json
-
-    if not (Path(run_dir) / RUN_MARKER).is_file():
-        atomic_write_json(Path(run_dir) / RUN_MARKER, {"format": "dino-pipe-run", "version": 1})
-
-
-DATA_RECORD = "data.json"
-
-
-def data_key(data: str | Path) -> str:
-    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` as given."""
-    text = str(data)
-    return text if text.startswith("synthetic") else str(Path(data).resolve())
-
-
-def record_data(run_dir: str | Path, data: str | Path) -> None:
-    """Note in the run which shard set it trains on, so that evaluation can find it (and its val/ sibling)."""
-    from dino_pipe.atomic import atomic_write_json
-
-    atomic_write_json(Path(run_dir) / DATA_RECORD, {"train": data_key(data)})
-
-
-def recorded_data(run_dir: str | Path) -> str | None:
-    """The shard set a run trains on, as :func:`record_data` noted it (None for runs made before the note)."""
-    import json
-
-    try:
-        return json.loads((Path(run_dir) / DATA_RECORD).read_text()).get("train")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoint files, oldest first (by step number)."""
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
 
 
 def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
@@ -115,21 +73,6 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file -> itself; a run directory -> its newest checkpoint; else UserError."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        found = list_checkpoints(p)
-        if not found and p.name == "checkpoints":  # RUN_DIR/checkpoints given instead of RUN_DIR
-            found = list_checkpoints(p.parent)
-        if found:
-            return found[-1]
-        raise UserError(f"{p}: no checkpoints found (expected {checkpoint_dir(p)}/step-XXXXXXXX.pt)")
-    raise UserError(f"{p}: no such checkpoint file or run directory")
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
@@ -150,7 +93,7 @@ def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
 
     ``resuming``: the hint for a damaged file is about resuming the run (else about choosing another file)."""
     p = find_checkpoint(path)
-    in_run = p.parent.name == "checkpoints" and bool(_NAME.match(p.name))
+    in_run = p.parent.name == "checkpoints" and is_checkpoint_name(p.name)
     if not in_run and not _torch_file(p):
         raise UserError(f"{p}: not a checkpoint (not a file `dino-pipe train` writes); give a checkpoint "
                         "RUN_DIR/checkpoints/step-XXXXXXXX.pt or a run folder RUN_DIR")
@@ -220,38 +163,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 
 # -- the checkpoint manager of a training run ----------------------------------------------------
-
-# Config keys that may differ when a run is resumed (they do not change the computation; data.global_batch_size
-# only sets data.batch_size, which is compared, resolved for the run's process count, which is compared too).
-RESUMABLE_CHANGES = ("train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
-                     "train.log_every_steps", "train.collapse_check_every_steps", "train.compile",
-                     "data.threads", "data.prefetch", "data.hw_decoder_load", "data.global_batch_size", "eval.")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not (prefix.endswith("arch_kwargs.") or k == "arch_kwargs"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ and that matter for the computation. A key the old config lacks (a
-    setting added after that run was made) counts as its default, which is how the run was computed."""
-    from dino_pipe.config import Config
-
-    defaults = _flat(Config().to_dict())
-    a, b = _flat(old), _flat(new)
-    a.update({k: v for k, v in defaults.items() if k not in a})
-    diffs = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):
-            diffs.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return diffs
-
 
 def _per_rank(ckpt: dict, key: str, rank: int, world_size: int) -> Any:
     ranks = ckpt.get(f"{key}_ranks")

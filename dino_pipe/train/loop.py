@@ -33,69 +33,24 @@ import yaml
 
 from dino_pipe.atomic import atomic_write_json, atomic_write_text
 from dino_pipe.config import Config, resolve_batch
+from dino_pipe.cpus import training_threads
 from dino_pipe.errors import UserError
-from dino_pipe.lock import LOCK_NAME, output_lock
+from dino_pipe.lock import output_lock
 from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import RUN_MARKER, CheckpointManager, is_run_dir, load_checkpoint, record_data
+from dino_pipe.train.checkpoint import CheckpointManager, load_checkpoint, record_data
+from dino_pipe.train.inputs import (  # noqa: F401  (check_data, local_data: also read from here)
+    check_data,
+    check_run_dir,
+    default_online_knn,
+    local_data,
+    parse_synthetic,
+)
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
 
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
-
-
-def parse_synthetic(data: str | Path) -> int | None:
-    """``"synthetic"`` / ``"synthetic:N"`` -> N random samples per epoch (default 4096); else None."""
-    s = str(data)
-    if s == "synthetic":
-        return 4096
-    if s.startswith("synthetic:"):
-        try:
-            return int(s.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"--data {s}: expected synthetic:NUMBER_OF_SAMPLES") from None
-    return None
-
-
-def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Path:
-    """``s3://…``: fetch the set into the shard cache (``cfg.data.cache_*``) and return that folder;
-    anything else unchanged. Training then reads local files only (no network during an epoch)."""
-    from dino_pipe.storage.url import is_remote
-
-    if parse_synthetic(data) is not None or not is_remote(data):
-        return data
-    from dino_pipe.shards.fetch import fetch_shardset
-    from dino_pipe.storage.cache import CacheSettings
-
-    return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
-
-
-def check_data(data: str | Path) -> str | Path:
-    """Fail early (before any process starts) when the shard set is missing; return the set to read.
-
-    A parent folder as ``dino-pipe shard`` writes it (``train/`` and ``val/`` shard sets, no manifest
-    of its own) means its ``train/`` set, as with ``verify``; the choice is printed in one line.
-    """
-    if parse_synthetic(data) is not None:
-        return data
-    p = Path(data)
-    if not p.exists():
-        raise UserError(f"--data {p}: no such shard set (make one with `dino-pipe shard`)")
-    if p.is_dir() and not (p / "manifest.json").is_file():
-        sets = sorted(c.name for c in p.iterdir() if (c / "manifest.json").is_file())
-        if "train" in sets:
-            from dino_pipe.progress import console
-
-            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
-                console.print(f"--data {p}: a parent of shard sets ({', '.join(sets)}); training on {p / 'train'}",
-                              highlight=False, soft_wrap=True)
-            return p / "train"
-        if sets:
-            raise UserError(f"--data {p}: not a shard set itself; it holds the shard sets {', '.join(sets)}: "
-                            f"give one of them, e.g. --data {p / sets[0]}")
-        raise UserError(f"--data {p}: not a shard set (no manifest.json; make one with `dino-pipe shard`)")
-    return data
 
 
 def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
@@ -121,16 +76,6 @@ def data_identity(data: str | Path) -> str:
     return content_identity(Path(data))
 
 
-def check_run_dir(output: Path) -> None:
-    """``--out`` is a new or empty folder, or a run of ours (then resumed); never a user's folder."""
-    from dino_pipe.atomic import check_output_folder
-
-    check_output_folder(output, "--out")
-    if output.is_dir() and not is_run_dir(output) and any(p.name != LOCK_NAME for p in output.iterdir()):
-        raise UserError(f"--out {output}: a non-empty folder that is not a dino-pipe run (no {RUN_MARKER} or "
-                        "checkpoints/); choose a new or empty folder so nothing of yours is replaced")
-
-
 # ------------------------------------------------------------------------------------------------
 # launching
 # ------------------------------------------------------------------------------------------------
@@ -150,10 +95,13 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     data = check_data(local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0))
     output = Path(output)
     check_run_dir(output)
+    cfg = default_online_knn(cfg, data)
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", procs))  # CPU processes sharing this machine
+    cpu_threads = training_threads(cfg.train.cpu_threads, cfg.data.threads, local_procs)
     first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # the launcher, or rank 0 of a job
     with output_lock(output) if first else contextlib.nullcontext():  # one run per --out at a time
         return D.launch(run_worker, (cfg, data, output, progress, extend), gpus=gpus, procs=procs,
-                        cpu_threads=cfg.train.cpu_threads) or {}
+                        cpu_threads=cpu_threads) or {}
 
 
 def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,

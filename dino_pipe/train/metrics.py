@@ -56,6 +56,8 @@ class MetricsLogger:
         self.progress = self._progress(stop_at, start_step, show_progress)
         self.task = None
         self.teacher, self.online, self.knn0, self.knn_info = teacher, None, None, ""
+        self.knn_last: dict | None = None
+        self.logged_info = ""
 
     def __enter__(self) -> "MetricsLogger":
         self.progress.__enter__()
@@ -96,30 +98,33 @@ class MetricsLogger:
             self._collapse_check(step)
         if log_now:
             self._log(step, res)
-        if self.task is not None and log_now:
+        if log_now:
             v, r = res.values, self.rates
-            self.progress.update(
-                self.task,
-                completed=step,
-                info=(
-                    f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g} "
-                    f"loss {self.last_loss:.4f} "
-                    f"lr {v['lr']:.2e} wd {v['wd']:.3f} m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
-                    f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%{self.knn_info}"
-                ),
-            )
-        elif self.task is not None:
-            self.progress.update(self.task, completed=step)
+            self.logged_info = (f"step {step}: loss {self.last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
+                                f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
+                                f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%")
         if self.online is not None and self.online.due(step, self.steps_per_epoch, self.stop_at):
             self.knn_info = self._measure_knn(step)
+        if self.task is not None:
+            self.progress.update(self.task, completed=step, info=self._progress_info(step))
+
+    def _progress_info(self, step: int) -> str:
+        """The progress line's text: the epoch of ``step`` now, and the figures of the last logged step named
+        as such (they are measured only every train.log_every_steps)."""
+        epochs = f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g}"
+        logged = f" | {self.logged_info}" if self.logged_info else ""
+        return f"{epochs}{logged}{self.knn_info}"
 
     def summary(self, step: int) -> dict:
         """The run's loss and rates for summary.json (``step`` steps done in all)."""
         elapsed = time.perf_counter() - self.t_loop
         done = step - self.start_step
-        return {"final_loss": self.last_loss,
-                "images_per_s": done * self.images_per_step / elapsed if elapsed > 0 and done else 0.0,
-                "data_wait_pct": 100.0 * self.total_wait / elapsed if elapsed > 0 else 0.0}
+        out = {"final_loss": self.last_loss,
+               "images_per_s": done * self.images_per_step / elapsed if elapsed > 0 and done else 0.0,
+               "data_wait_pct": 100.0 * self.total_wait / elapsed if elapsed > 0 else 0.0}
+        if self.knn_last is not None:  # the run's own k-NN: the last measured and step 0's (the untrained network)
+            out["online_knn"] = dict(self.knn_last)
+        return out
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -176,7 +181,9 @@ class MetricsLogger:
                 from dino_pipe.progress import console
 
                 console.print(f"[yellow]warning[/] step {step}: {warning}", highlight=False)
-        return f" knn {m['knn_top1']:.1f}%"
+        self.knn_last = {"step": step, "k": m["knn_k"], "top1": m["knn_top1"], "untrained_top1": self.knn0}
+        base = f" (step 0: {self.knn0:.1f}%)" if self.knn0 is not None and step > 0 else ""
+        return f" | k-NN {m['knn_top1']:.1f}%{base}"
 
     def _log(self, step: int, res) -> None:
         self.last_loss = float(res.loss)

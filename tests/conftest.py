@@ -112,3 +112,17 @@ def tiny_shardset(tmp_path_factory, photos) -> Path:
     return write_minimal_shardset(
         tmp_path_factory.mktemp("shards") / "tiny", samples, 32, [f"class_{c:02d}" for c in range(4)]
     )
+
+
+@pytest.fixture()
+def ckpt(tmp_path_factory):
+    """A tiny checkpoint in a run folder of its own (see ``eval_helpers.write_tiny_checkpoint``)."""
+    from eval_helpers import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture()
+def tree(tmp_path, photos) -> Path:
+    """An image tree of 2 classes x 4 photos under ``tmp_path/tree``."""
+    return write_image_tree(tmp_path / "tree", photos, classes=2, per_class=4)

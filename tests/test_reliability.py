@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_image_tree, write_minimal_shardset
-from eval_helpers import write_tiny_checkpoint
 from typer.testing import CliRunner
 
 from dino_pipe.cli import app
@@ -136,16 +135,6 @@ def deny(monkeypatch):
     yield add
     for path, mode in modes:
         path.chmod(mode)
-
-
-@pytest.fixture()
-def ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture()
-def tree(tmp_path, photos) -> Path:
-    return write_image_tree(tmp_path / "tree", photos, classes=2, per_class=4)
 
 
 def labelled_set(root: Path, photos, labels: list[str]) -> Path:

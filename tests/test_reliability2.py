@@ -18,22 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image_tree, write_minimal_shardset
-from eval_helpers import write_tiny_checkpoint
+from conftest import write_minimal_shardset
 from test_reliability import TINY, one_error_line, run_cli, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NO_EPOCHS = [o for o in TINY if not o.startswith("train.epochs=")]
-
-
-@pytest.fixture()
-def ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture()
-def tree(tmp_path, photos) -> Path:
-    return write_image_tree(tmp_path / "tree", photos, classes=2, per_class=4)
 
 
 def strict_json(path: Path):

@@ -1,4 +1,4 @@
-"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, metrics, the launcher, diagnostics.
+"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, metrics, diagnostics.
 
 ``train(cfg, data, output, gpus=...)`` is the entry point the CLI calls. Importing this package imports
 nothing heavy, so torch-free modules such as :mod:`dino_pipe.train.inputs` can be imported before the

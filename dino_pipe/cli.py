@@ -18,6 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from dino_pipe import __version__
+from dino_pipe.device import DEVICE_METAVAR, device_choice, resolve_device
 from dino_pipe.errors import UserError, os_error_message
 
 
@@ -131,7 +132,7 @@ def check_inputs(checkpoint: Optional[Path] = None, shardsets: tuple = (), image
     """The files a command reads, checked before torch and DALI are imported, so a typo is one line at once:
     a checkpoint file or run folder, local shard sets (their manifests), image files."""
     from dino_pipe.data.shardset import open_shardset
-    from dino_pipe.train.run_dir import find_checkpoint
+    from dino_pipe.runs.run_dir import find_checkpoint
 
     if checkpoint is not None:
         find_checkpoint(checkpoint)
@@ -283,7 +284,7 @@ def verify_cmd(
         ..., help="A shard set folder or s3://bucket/prefix (or a parent holding train/ and val/ sets)."
     ),
     workers: int = typer.Option(0, help="Threads for checksums and DALI decoding (0 = all cores)."),
-    device: str = typer.Option("auto", metavar="[auto|cpu|gpu]", help="auto: GPU decoding when CUDA is present."),
+    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help="auto: GPU decoding when CUDA is present."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -350,7 +351,7 @@ def bench_loader_cmd(
         ..., help="Shard set folder (shard-*.tar, *.idx, manifest.json) or s3://bucket/prefix."
     ),
     device: str = typer.Option(
-        "cpu", "--device", metavar="[cpu|gpu]", help="cpu: CPU operators; gpu: nvJPEG + GPU operators."
+        "cpu", "--device", metavar=DEVICE_METAVAR, help="cpu: CPU operators; cuda: nvJPEG + GPU operators."
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
     threads: int = typer.Option(0, "--threads", help="DALI CPU threads (0 = cores / local processes)."),
@@ -371,15 +372,14 @@ def bench_loader_cmd(
     from dino_pipe.data.bench import bench_loader
     from dino_pipe.data.loader import default_threads
 
-    if device not in ("cpu", "gpu", "cuda"):
-        raise UserError(f"--device {device}: use cpu or gpu")
+    device = resolve_device(device)
     check_outputs({"--json": json_path}, force=force)
-    threads = threads or default_threads(DataConfig(), 1, "gpu" if device in ("gpu", "cuda") else "cpu")
+    threads = threads or default_threads(DataConfig(), 1, device)
     check_choice(interp, Interp, "--interp")
     result = bench_loader(
         _local_shardset(shardset),
         DataConfig(interp=interp),
-        device="cuda" if device in ("gpu", "cuda") else "cpu",
+        device=device,
         batch_size=batch_size,
         threads=threads,
         n_local=n_local,
@@ -435,18 +435,22 @@ def train_cmd(
     --data may also be a parent folder holding train/ and val/ shard sets: its train/ set is used.
     """
     from dino_pipe.config import DEFAULT_PRESET, load_config
-    from dino_pipe.train.inputs import check_data, check_run_dir, local_data
+    from dino_pipe.data.inputs import check_data, local_data
+    from dino_pipe.distributed import is_main_process
+    from dino_pipe.train.inputs import check_run_dir
 
     notes = [] if config else [f"config: {DEFAULT_PRESET} (ViT-S/16, the reference DINO run; --config to choose)"]
     config = config or Path(DEFAULT_PRESET)
     cfg = load_config(config, _eval_overrides(overrides, **{"train.epochs": epochs, "data.batch_size": batch_size}))
     data, output = _train_defaults(data, output, config, cfg, extend, notes)
-    fetch_progress = not quiet and os.environ.get("RANK", "0") == "0"  # s3://: one progress bar per job
+    fetch_progress = not quiet and is_main_process()  # s3://: one progress bar per job
     data = check_data(local_data(data, cfg, progress=fetch_progress))  # paths first: torch and DALI load only after
     check_run_dir(output)
+    from dino_pipe.eval.online_knn import training_probe
     from dino_pipe.train.loop import train
 
-    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend)
+    result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend,
+                   online_knn=training_probe)
     if result:
         print_json(result)
         knn = result.get("online_knn")
@@ -473,7 +477,9 @@ def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, c
         pick = workspace.default_run_folder(chosen or data, config, cfg, extend)
         output = pick.path
         notes.append(pick.note)
-    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # once per job, not per rank
+    from dino_pipe.distributed import is_main_process
+
+    if is_main_process():  # once per job, not per rank
         for note in notes:
             err.print(note, highlight=False, soft_wrap=True)
     return data, output
@@ -550,7 +556,7 @@ def bench_train_cmd(
 
 def _eval_gpus(gpus: Optional[int]) -> int:
     """``--gpus`` default: every visible GPU (0 = CPU when none)."""
-    from dino_pipe.train.distributed import default_gpus
+    from dino_pipe.distributed import default_gpus
 
     return default_gpus() if gpus is None else gpus
 
@@ -833,12 +839,11 @@ def viz_attention_cmd(
     threshold: Optional[float] = typer.Option(
         0.6, "--threshold", help="Also show the patches holding this share of attention (0 = off)."
     ),
-    device: str = typer.Option("auto", "--device", metavar="[auto|cpu|cuda]", help="auto: cuda when present."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto: cuda when present."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Last-layer CLS self-attention of every head (and their mean) over each image, as PNG grids."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device}: use auto, cpu or cuda")
+    device_choice(device)  # the name now; CUDA is looked for once the inputs are checked
     checkpoint, _, _, run = _run_inputs(checkpoint)
     in_run = out_dir is None  # RUN/attention: the run's own pictures, redrawn freely
     if in_run:
@@ -851,12 +856,8 @@ def viz_attention_cmd(
 
     check_outputs(folders={"--out": out_dir}, force=force or in_run,
                   beside={f: ("--out", f"written into {out_dir}") for f in attention_outputs(images, out_dir)})
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
-                              size=size, threshold=threshold or None, device=device)
+                              size=size, threshold=threshold or None, device=resolve_device(device))
     if result["note"]:
         out.print(f"note: {result['note']}", highlight=False, soft_wrap=True)
     elif size is None:

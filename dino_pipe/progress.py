@@ -194,3 +194,11 @@ def make_progress(unit: str = "it", *extra: ProgressColumn, disable: bool | None
         disable=bool(disable),
         transient=False,
     )
+
+
+def say_once(text: str) -> None:
+    """One line on stderr, once per job (rank 0, or the launcher of a local run), not once per rank."""
+    from dino_pipe.distributed import is_main_process
+
+    if is_main_process():
+        console.print(text, highlight=False, soft_wrap=True)

@@ -80,7 +80,7 @@ def _same_run(run: Path, data: Path | str, cfg, extend: bool) -> bool:
     import yaml
 
     from dino_pipe.config import config_from_dict
-    from dino_pipe.train.run_dir import config_differences, data_key, recorded_data
+    from dino_pipe.runs.run_dir import config_differences, data_key, recorded_data
 
     data = _local(data, cfg)
     if not _is_set(Path(data)) and _is_set(Path(data) / "train"):  # a parent of sets: train reads its train/
@@ -122,7 +122,7 @@ class Choice:
 def default_run_folder(data: ShardSets | Path | str, config: str | Path | None, cfg, extend: bool = False,
                        root: Path = RUNS) -> Choice:
     """``root/<set>-<preset>``, or the first ``-N`` suffix that is new or the same run (resumed)."""
-    from dino_pipe.train.run_dir import is_run_dir
+    from dino_pipe.runs.run_dir import is_run_dir
 
     name, train = (data.name, data.train) if isinstance(data, ShardSets) else (_set_name(data), data)
     base = f"{name}-{preset_name(config)}"
@@ -145,7 +145,7 @@ def _set_name(data: Path) -> str:
 
 def latest_run(root: Path = RUNS) -> Path:
     """The run under ``root`` whose newest checkpoint was written last; none is a one-line UserError."""
-    from dino_pipe.train.run_dir import is_run_dir, list_checkpoints
+    from dino_pipe.runs.run_dir import is_run_dir, list_checkpoints
 
     def written(run: Path) -> float:
         ckpts = list_checkpoints(run)
@@ -162,7 +162,7 @@ def latest_run(root: Path = RUNS) -> Path:
 
 def run_of(checkpoint: Path) -> Path | None:
     """The run folder of a checkpoint file or run folder (None when it is a loose file)."""
-    from dino_pipe.train.run_dir import is_run_dir
+    from dino_pipe.runs.run_dir import is_run_dir
 
     p = Path(checkpoint)
     for candidate in (p, p.parent.parent):
@@ -173,7 +173,7 @@ def run_of(checkpoint: Path) -> Path | None:
 
 def run_sets(run: Path) -> tuple[Path, Path]:
     """The labelled train set a run was trained on and the val set beside it; a one-line UserError otherwise."""
-    from dino_pipe.train.run_dir import DATA_RECORD, recorded_data
+    from dino_pipe.runs.run_dir import DATA_RECORD, recorded_data
 
     data = recorded_data(run)
     if data is None or data.startswith("synthetic"):

@@ -8,7 +8,7 @@ import torch
 
 from dino_pipe.config import load_config
 from dino_pipe.models.dino import create_student_teacher
-from dino_pipe.train.checkpoint import save_checkpoint
+from dino_pipe.runs.checkpoint_file import save_checkpoint
 
 TINY_OVERRIDES = [
     "model.arch=vit_tiny_patch16_224",

@@ -75,7 +75,7 @@ def test_summary_keeps_nested_figures_and_fits_a_screen(tmp_path):
 
 
 def test_resume_comparison_says_equal_or_how_far(tmp_path):
-    from dino_pipe.train.checkpoint import save_checkpoint
+    from dino_pipe.runs.checkpoint_file import save_checkpoint
 
     w = {"a": torch.ones(3), "n": torch.tensor(2)}
     base = {"config": {}, "step": 4, "center": torch.zeros(1, 3), "student": w, "teacher": dict(w)}

@@ -28,7 +28,7 @@ def test_train_graph_defines_on_gpu(tiny_shardset, extra, debug):
     loader = ViewLoader(tiny_shardset, replace(gpu_cfg, output_dtype="float32"), debug=debug)  # a CPU loader
     assert not _is_gpu_graph(loader.definition("cpu"))
     loader.cfg = gpu_cfg  # half output types exist on the GPU graph only
-    assert _is_gpu_graph(loader.definition("gpu"))
+    assert _is_gpu_graph(loader.definition("cuda"))
 
 
 def test_eval_and_linear_probe_graphs_define_on_gpu(tiny_shardset):
@@ -68,11 +68,11 @@ def test_decoder_memory_at_dali_defaults_and_gpu_threads_capped(tiny_shardset, m
     defaults grow them on demand; automatic thread counts stop at GPU_MAX_THREADS per GPU pipeline."""
     from dino_pipe.data import loader as loader_mod
 
-    graph = ViewLoader(tiny_shardset, DataConfig(**SMALL)).definition("gpu")
+    graph = ViewLoader(tiny_shardset, DataConfig(**SMALL)).definition("cuda")
     for arg in (b"device_memory_padding", b"host_memory_padding", b"preallocate_width_hint"):
         assert arg not in graph
     assert b"hw_decoder_load" in graph  # explicit arguments do appear in the serialized graph
     monkeypatch.setattr(loader_mod, "available_cores", lambda: 64)
-    assert loader_mod.default_threads(DataConfig(), 1, "gpu") == loader_mod.GPU_MAX_THREADS
+    assert loader_mod.default_threads(DataConfig(), 1, "cuda") == loader_mod.GPU_MAX_THREADS
     assert loader_mod.default_threads(DataConfig(), 2, "cpu") == 32
-    assert loader_mod.default_threads(DataConfig(threads=12), 1, "gpu") == 12
+    assert loader_mod.default_threads(DataConfig(threads=12), 1, "cuda") == 12

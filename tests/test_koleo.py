@@ -44,8 +44,8 @@ def test_trainer_step_adds_weighted_koleo_of_each_global_view_to_the_sinkhorn_di
     """One training step with ``loss.centering=sinkhorn loss.koleo_weight=0.5``: the reported loss is the
     Sinkhorn DINO loss of the head outputs plus 0.5 x the KoLeo of each global view's backbone embeddings."""
     from dino_pipe.config import load_config
+    from dino_pipe.distributed import DistEnv
     from dino_pipe.objective import DINOLoss
-    from dino_pipe.train.distributed import DistEnv
     from dino_pipe.train.trainer import DINOTrainer
 
     tiny = ["model.arch=vit_tiny_patch16_224", "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}",

@@ -132,7 +132,7 @@ def test_preset_header_names_its_source(name):
 
 def test_a_run_made_before_global_batch_resumes():
     """Its config lacks data.global_batch_size; resolved for the same process count nothing computed differs."""
-    from dino_pipe.train.checkpoint import config_differences
+    from dino_pipe.runs.run_dir import config_differences
 
     old = load_config(None, ["data.batch_size=64"]).to_dict()
     del old["data"]["global_batch_size"]

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dino_pipe.distributed import free_port
 from dino_pipe.objective import DINOLoss
 from dino_pipe.objective.sinkhorn import sinkhorn_knopp
-from dino_pipe.train.distributed import free_port
 
 
 def direct_sinkhorn(t: torch.Tensor, tau: float, n_iters: int) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 
 from dino_pipe.config import load_config
 from dino_pipe.data.synthetic import SyntheticViewLoader
+from dino_pipe.distributed import DistEnv, destroy_process_group, free_port, init_process_group
 from dino_pipe.train import load_checkpoint
-from dino_pipe.train.distributed import DistEnv, destroy_process_group, free_port, init_process_group
 from dino_pipe.train.loop import train
 from dino_pipe.train.trainer import DINOTrainer
 

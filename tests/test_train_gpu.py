@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dino_pipe.config import load_config
+from dino_pipe.distributed import DistEnv
 from dino_pipe.train.diagnostics import CollapseMonitor
-from dino_pipe.train.distributed import DistEnv
 from dino_pipe.train.trainer import DINOTrainer
 
 pytestmark = pytest.mark.gpu

@@ -343,7 +343,7 @@ def test_cli_epochs_batch_size_shortcuts_and_parent_data_folder(tmp_path, tiny_s
 def test_online_knn_logs_step0_and_epochs_and_warns_when_below_step0(tmp_path, tiny_shardset, monkeypatch):
     """k-NN of the teacher at step 0 and each epoch end goes to metrics.jsonl; a value below step 0 warns once per
     measurement, naming both numbers."""
-    from dino_pipe.eval.online_knn import OnlineKnn
+    from dino_pipe.eval.online_knn import OnlineKnn, training_probe
 
     real = OnlineKnn.measure
     calls = []
@@ -363,7 +363,7 @@ def test_online_knn_logs_step0_and_epochs_and_warns_when_below_step0(tmp_path, t
         "data.eval_crop=32",
     ]
     cfg = tiny_cfg("train.epochs=2", "data.batch_size=16", *knn)
-    s = train(cfg, tiny_shardset, tmp_path, gpus=0, progress=False)
+    s = train(cfg, tiny_shardset, tmp_path, gpus=0, progress=False, online_knn=training_probe)
     records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "knn_top1" in r]
     assert [r["step"] for r in records] == [0, s["steps"] // 2, s["steps"]] and len(calls) == 3
     assert records[0]["knn_warning"] is None

@@ -8,18 +8,13 @@ import math
 import pytest
 import torch
 
+from dino_pipe import distributed as D
 from dino_pipe.config import Config, ModelConfig, OptimConfig
 from dino_pipe.errors import UserError
 from dino_pipe.models import create_student_teacher
-from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import (
-    find_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from dino_pipe.runs.checkpoint_file import load_checkpoint, save_checkpoint
+from dino_pipe.runs.run_dir import find_checkpoint, list_checkpoints
+from dino_pipe.train.checkpoint import rng_state, set_rng_state
 from dino_pipe.train.diagnostics import CollapseMonitor
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import LARS, build_optimizer, cancel_last_layer_grads, clip_gradients, param_groups
@@ -284,7 +279,7 @@ def test_a_setting_added_after_a_run_was_made_counts_as_its_default_on_resume():
     import copy
 
     from dino_pipe.config import load_config
-    from dino_pipe.train.checkpoint import config_differences
+    from dino_pipe.runs.run_dir import config_differences
 
     new = load_config(None).to_dict()
     old = copy.deepcopy(new)

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from dino_pipe.config import load_config
+from dino_pipe.distributed import DistEnv
 from dino_pipe.train import trainer as trainer_mod
-from dino_pipe.train.distributed import DistEnv
 from dino_pipe.train.optim import build_optimizer
 from dino_pipe.train.trainer import DINOTrainer
 

@@ -10,7 +10,7 @@ from conftest import write_image_tree
 from typer.testing import CliRunner
 
 from dino_pipe.cli import app
-from dino_pipe.train.checkpoint import record_data
+from dino_pipe.runs.run_dir import record_data
 from dino_pipe.workspace import default_data, default_run_folder, find_shard_sets, latest_run
 
 runner = CliRunner()

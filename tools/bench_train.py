@@ -142,7 +142,7 @@ def make_reference(args, device):
 
 def make_ours(args, device, precision):
     from dino_pipe.config import load_config
-    from dino_pipe.train.distributed import DistEnv
+    from dino_pipe.distributed import DistEnv
     from dino_pipe.train.trainer import DINOTrainer
 
     cfg = load_config(None, [f"model.arch={args.arch}", f"model.arch_kwargs={args.arch_kwargs}",

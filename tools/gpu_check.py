@@ -306,7 +306,7 @@ class Check:
         must([*DP, "shard", str(tree), "--out", str(self.shards), "--force", "--quiet", "--shard-samples", "256",
               "--json", str(shard_json)], log, deadline)
         must([*DP, "verify", str(self.shards), "--quiet", "--json", str(verify_json),
-              "--device", "gpu" if self.device == "cuda" else "cpu"], log, deadline)
+              "--device", self.device], log, deadline)
         figures = {"train_images": self.p["train_images"], "val_images": self.p["val_images"],
                    "image_size": f"{w}x{h}", "classes": self.p["classes"]}
         v = read_json(verify_json)

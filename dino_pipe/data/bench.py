@@ -65,7 +65,7 @@ def bench_loader(shardset, cfg: DataConfig | None = None, *, device: str = "cpu"
         dl = ViewLoader(shardset, cfg, device=device, batch_size=batch_size)
         factory = lambda: iter(dl)  # noqa: E731
         pids = [os.getpid()]
-        sync = _cuda_sync if dl.kind == "gpu" else (lambda: None)
+        sync = _cuda_sync if dl.kind == "cuda" else (lambda: None)
         info = dl.describe()
     elif loader == "reference":
         from dino_pipe.data.reference import reference_loader

@@ -1,7 +1,7 @@
 """The DALI graphs: the multi-crop training pipeline and the evaluation pipeline.
 
-One definition, two devices. ``device="gpu"`` decodes with nvJPEG (``fn.decoders.image`` on the
-``"mixed"`` backend: hardware JPEG decoder share ``hw_decoder_load``, pre-sized memory pools) and
+One definition, two devices (:data:`dino_pipe.device.Device`). ``device="cuda"`` decodes with nvJPEG
+(``fn.decoders.image`` on the ``"mixed"`` backend: hardware JPEG decoder share ``hw_decoder_load``) and
 runs every augmentation op on the GPU; ``device="cpu"`` builds the same graph from CPU operators
 (the pipeline gets ``device_id=None``). Only the decoder differs: :func:`view_ops` turns one
 :class:`~dino_pipe.data.recipe.ViewSpec` into DALI ops and is used for every view on both devices.
@@ -57,6 +57,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dino_pipe.config import Interp, check_choice
 from dino_pipe.data.recipe import ViewSpec
 from dino_pipe.data.shardset import ShardSet
+from dino_pipe.device import Device, dali_decoder
 from dino_pipe.errors import UserError
 
 #: per-view debug flags, in the order of the ``flags`` output rows
@@ -125,17 +126,18 @@ def read_shards(shardset: ShardSet, *, shard_id: int, num_shards: int, shuffle: 
     return out, None
 
 
-def decode(jpegs, device: str, hw_decoder_load: float):
-    """Decode to RGB uint8 HWC: nvJPEG on ``"gpu"`` (mixed backend), libjpeg-turbo on ``"cpu"``.
+def decode(jpegs, device: Device, hw_decoder_load: float):
+    """Decode to RGB uint8 HWC: nvJPEG on ``"cuda"`` (mixed backend), libjpeg-turbo on ``"cpu"``.
 
     The nvJPEG memory pools keep DALI's defaults (``device_memory_padding`` 16 MiB and
     ``host_memory_padding`` 8 MiB per thread, no preallocation hints) and grow when a larger image
     arrives: sizing them for ImageNet's largest JPEG cost ~3.4 GB of GPU and ~4.5 GB of pinned
     memory at 16 threads, paid at every pipeline build, for images most sets never hold.
     """
-    if device == "gpu":
-        return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
-    return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+    decoder = dali_decoder(device)
+    if decoder == "mixed":
+        return fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+    return fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
 
 
 def _coin(p: float, seed: int):
@@ -150,11 +152,11 @@ def _as_float(x):
     return fn.cast(x, dtype=types.FLOAT)
 
 
-def mean_luma(view, device: str):
+def mean_luma(view, device: Device):
     """Per-sample mean grey level ``0.299 R + 0.587 G + 0.114 B`` of a uint8 HWC view, as a CPU scalar
     (on the GPU graph the 3-value channel mean is moved to the CPU to serve as an argument)."""
     m = fn.reductions.mean(view, axes=[0, 1])
-    if device == "gpu":
+    if device == "cuda":
         m = m.cpu()
     return m[0] * 0.299 + m[1] * 0.587 + m[2] * 0.114
 
@@ -261,7 +263,7 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
 
 
 @pipeline_def(enable_conditionals=True)
-def train_graph(shardset: ShardSet, specs: Sequence[ViewSpec], *, device: str, shard_id: int, num_shards: int,
+def train_graph(shardset: ShardSet, specs: Sequence[ViewSpec], *, device: Device, shard_id: int, num_shards: int,
                 run_seed: int, shuffle_buffer: int, hw_decoder_load: float, mean, std, dtype,
                 contrast_center: str = "mean", debug: bool = False):
     """Outputs: one view per spec (``[3, S, S]`` each), then the label bytes (if labelled), then
@@ -287,7 +289,7 @@ def train_graph(shardset: ShardSet, specs: Sequence[ViewSpec], *, device: str, s
 
 
 @pipeline_def
-def eval_graph(shardset: ShardSet, *, device: str, shard_id: int, num_shards: int, resize: int, crop: int,
+def eval_graph(shardset: ShardSet, *, device: Device, shard_id: int, num_shards: int, resize: int, crop: int,
                hw_decoder_load: float, mean, std, dtype):
     """Outputs: image ``[3, crop, crop]`` (shorter side -> ``resize`` bicubic, centre crop,
     normalized), the ``source_info`` bytes, then the label bytes (if labelled). No shuffling."""
@@ -304,12 +306,12 @@ def eval_graph(shardset: ShardSet, *, device: str, shard_id: int, num_shards: in
     return tuple(outputs)
 
 
-def dali_dtype(name: str, device: str):
+def dali_dtype(name: str, device: Device):
     """DALI output type for ``data.output_dtype``: half types on the GPU only; bf16 is cast by the loader."""
     if name == "float16":
-        if device != "gpu":
+        if device != "cuda":
             raise UserError("config key data.output_dtype: float16 output needs the GPU pipeline (use float32 on CPU)")
         return types.FLOAT16
-    if name == "bfloat16" and device != "gpu":
+    if name == "bfloat16" and device != "cuda":
         raise UserError("config key data.output_dtype: bfloat16 output needs the GPU pipeline (use float32 on CPU)")
     return types.FLOAT

@@ -36,6 +36,7 @@ from dino_pipe.cpus import available_cores
 from dino_pipe.data.graph import FLAG_NAMES, dali_dtype, dali_errors, eval_graph, op_seed, train_graph
 from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
 from dino_pipe.data.shardset import ShardSet, open_shardset
+from dino_pipe.device import Device, check_device, torch_device
 from dino_pipe.errors import UserError
 
 STATE_VERSION = 1
@@ -53,14 +54,11 @@ class ViewBatch:
     flags: list[torch.Tensor] | None = None
 
 
-def _device_kind(device: str) -> str:
-    if device in ("cuda", "gpu"):
-        if not torch.cuda.is_available():
-            raise UserError("device 'cuda' requested but CUDA is not available here (use --device cpu)")
-        return "gpu"
-    if device != "cpu":
-        raise UserError(f"device '{device}' is not one of cpu, cuda")
-    return "cpu"
+def _device_kind(device: str) -> Device:
+    """``device`` checked: ``"cpu"``, or ``"cuda"`` where CUDA is available."""
+    if check_device(device) == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available here (use --device cpu)")
+    return device  # type: ignore[return-value]
 
 
 #: automatic DALI CPU threads per GPU pipeline at most: the GPU graph's CPU work is reading, shape
@@ -68,19 +66,19 @@ def _device_kind(device: str) -> str:
 GPU_MAX_THREADS = 8
 
 
-def default_threads(cfg: DataConfig, local_world_size: int, kind: str = "cpu") -> int:
+def default_threads(cfg: DataConfig, local_world_size: int, kind: Device = "cpu") -> int:
     """``cfg.threads`` or, when 0, the cores this process may use divided by the processes on this
     node (at most :data:`GPU_MAX_THREADS` for the GPU graph)."""
     if cfg.threads > 0:
         return cfg.threads
     n = max(1, available_cores() // max(1, local_world_size))
-    return min(n, GPU_MAX_THREADS) if kind == "gpu" else n
+    return min(n, GPU_MAX_THREADS) if kind == "cuda" else n
 
 
-def _local_procs(world_size: int, kind: str, local_world_size: int | None) -> int:
+def _local_procs(world_size: int, kind: Device, local_world_size: int | None) -> int:
     if local_world_size is not None:
         return local_world_size
-    if kind == "gpu":
+    if kind == "cuda":
         return max(1, min(world_size, torch.cuda.device_count()))
     return world_size
 
@@ -88,16 +86,16 @@ def _local_procs(world_size: int, kind: str, local_world_size: int | None) -> in
 class _DaliRunner:
     """Builds one DALI pipeline, runs it with one-line errors and copies outputs into torch tensors."""
 
-    def __init__(self, shards: ShardSet, kind: str, device_id: int):
+    def __init__(self, shards: ShardSet, kind: Device, device_id: int):
         self.shards = shards
         self.kind = kind
         self.device_id = device_id
         self.pipe = None
-        self.torch_device = torch.device(f"cuda:{device_id}") if kind == "gpu" else torch.device("cpu")
+        self.torch_device = torch_device(kind, device_id)
 
-    def pipeline_id(self, kind: str | None = None) -> int | None:
+    def pipeline_id(self, kind: Device | None = None) -> int | None:
         """``device_id`` for the pipeline: this runner's GPU, or None for the CPU graph."""
-        return self.device_id if (kind or self.kind) == "gpu" else None
+        return self.device_id if (kind or self.kind) == "cuda" else None
 
     def build(self, make, checkpoint: bytes | None = None) -> None:
         self.close()
@@ -122,7 +120,7 @@ class _DaliRunner:
         executor's outputs own their memory, which the tensor keeps alive). CPU: a copy.
         """
         tensor = tl.as_tensor()
-        if self.kind == "gpu":
+        if self.kind == "cuda":
             with torch.cuda.device(self.torch_device):
                 out = torch.from_dlpack(tensor)
         else:
@@ -151,7 +149,8 @@ def _indices(tl, index: dict[tuple[str, str], int]) -> torch.Tensor:
 
 
 class _ShardSetLoader:
-    """What both loaders share: the shard set, the device kind, the rank, threads and output dtype."""
+    """What both loaders share: the shard set, the device (``kind``: ``"cpu"`` or ``"cuda"``), the rank,
+    threads and output dtype."""
 
     def __init__(self, shardset, cfg: DataConfig, device: str, rank: int, world_size: int,
                  batch_size: int | None, local_world_size: int | None):
@@ -174,8 +173,8 @@ class _ShardSetLoader:
     def num_classes(self) -> int:
         return self.shards.num_classes
 
-    def definition(self, kind: str = "gpu") -> bytes:
-        """This loader's DALI graph defined for ``kind`` (``"gpu"``: mixed nvJPEG decode, GPU ops) and
+    def definition(self, kind: Device = "cuda") -> bytes:
+        """This loader's DALI graph defined for ``kind`` (``"cuda"``: mixed nvJPEG decode, GPU ops) and
         serialized, without building it or touching CUDA: DALI checks every operator and argument
         against its schema and refuses illegal device transitions, so this runs on any machine."""
         dtype = dali_dtype(self.cfg.output_dtype, kind) if kind != self.kind else self._dtype
@@ -227,7 +226,7 @@ class ViewLoader(_ShardSetLoader):
         return self.epoch * self._batches_per_epoch + self._step
 
     # -- pipeline -------------------------------------------------------------------------------
-    def _make(self, checkpoint: bytes | None, *, kind: str | None = None, define_only: bool = False, dtype=None):
+    def _make(self, checkpoint: bytes | None, *, kind: Device | None = None, define_only: bool = False, dtype=None):
         cfg = self.cfg
         kind = kind or self.kind
         return train_graph(
@@ -371,7 +370,7 @@ class EvalLoader(_ShardSetLoader):
     def __len__(self) -> int:
         return math.ceil(self.rank_samples / self.batch_size)
 
-    def _make(self, checkpoint: bytes | None, *, kind: str | None = None, define_only: bool = False, dtype=None):
+    def _make(self, checkpoint: bytes | None, *, kind: Device | None = None, define_only: bool = False, dtype=None):
         cfg = self.cfg
         kind = kind or self.kind
         return eval_graph(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dino_pipe.config import DataConfig
+from dino_pipe.device import check_device, torch_device
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SyntheticViewLoader:
         self.batch_size = int(batch_size or cfg.batch_size)
         self.num_samples = num_samples
         self.num_classes = num_classes
-        self.device = torch.device(f"cuda:{device_id}" if device in ("cuda", "gpu") else "cpu")
+        self.device = torch_device(check_device(device), device_id)
         self.rank, self.world_size = rank, world_size
         self.seed = cfg.seed if seed is None else seed
         self.fixed = fixed

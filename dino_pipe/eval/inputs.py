@@ -25,7 +25,7 @@ WHICH: tuple[str, ...] = choices(Which)
 def read_weights(checkpoint: str | Path, which: str = "teacher") -> tuple[Path, dict]:
     """Check ``--which``, then read a checkpoint (file, or a run directory's newest) through the
     trainer's reader: (its path, its contents)."""
-    from dino_pipe.train.checkpoint import read_checkpoint
+    from dino_pipe.runs.checkpoint_file import read_checkpoint
 
     check_choice(which, Which, "--which")
     return read_checkpoint(checkpoint)

@@ -7,6 +7,9 @@ top-1 (``k = eval.online_knn_k``, ``T = eval.knn_temperature``) of the teacher b
 the last step. The protocol is ``dino-pipe eval knn``'s: evaluation resize/crop
 (``data.eval_resize``/``eval_crop``), L2-normalized embeddings, the backbone in eval mode. Every
 rank extracts its share; the val features are gathered and the train bank stays sharded.
+
+Training imports nothing from this package: the CLI hands :func:`training_probe` down to
+``dino_pipe.train.loop.train(..., online_knn=...)`` (see :mod:`dino_pipe.train.knn_hook`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from dino_pipe.config import Config
+from dino_pipe.distributed import DistEnv
 from dino_pipe.errors import UserError
 from dino_pipe.eval.features import check_exactly_once, cls_features, extract_features, feature_dtype, gather_ordered
 from dino_pipe.eval.inputs import labelled_shardset
@@ -26,6 +30,12 @@ from dino_pipe.eval.workers import WorkerContext
 
 def enabled(cfg: Config) -> bool:
     return bool(cfg.eval.online_knn_train or cfg.eval.online_knn_val)
+
+
+def training_probe(cfg: Config, env: DistEnv) -> "OnlineKnn | None":
+    """The online k-NN hook the CLI hands to :func:`dino_pipe.train.loop.train`: this rank's
+    :class:`OnlineKnn` when ``cfg`` names the pair, else None."""
+    return OnlineKnn(cfg, WorkerContext.from_env(env)) if enabled(cfg) else None
 
 
 class OnlineKnn:

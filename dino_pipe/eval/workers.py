@@ -1,8 +1,8 @@
 """Run an evaluation on N local processes: one per GPU (NCCL) or N CPU processes (gloo).
 
 :func:`run_workers` calls ``fn(ctx, *args)`` in every process with a :class:`WorkerContext`
-(rank, world size, device) and returns rank 0's result to the caller. The launch is the
-trainer's (:func:`dino_pipe.train.distributed.launch`): under torchrun/SLURM this process joins the
+(rank, world size, device) and returns rank 0's result to the caller. The launch is the one
+training uses too (:func:`dino_pipe.distributed.launch`): under torchrun/SLURM this process joins the
 job as launched; otherwise ``gpus=N`` spawns N processes (NCCL), ``gpus=0, procs=N`` spawns N
 CPU processes (gloo), and a single process runs in place without a process group.
 
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from dino_pipe.train.distributed import DistEnv, launch
+from dino_pipe.distributed import DistEnv, launch
 
 
 @dataclass

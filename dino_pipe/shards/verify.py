@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from dino_pipe.device import dali_decoder, resolve_device
 from dino_pipe.errors import UserError
 from dino_pipe.shards.dali_decode import run_decode_tasks
 from dino_pipe.shards.image import jpeg_problem
@@ -159,12 +160,18 @@ def _check_structure_of(check: ShardCheck, folder: Path, entry: dict, manifest: 
 
 
 def cuda_available() -> bool:
+    """A CUDA device is visible to DALI (asked without importing torch)."""
     try:
         from nvidia.dali.backend import GetCUDADeviceCount
 
         return GetCUDADeviceCount() > 0
     except Exception:
         return False
+
+
+def decoder_for(device: str) -> str:
+    """``--device auto|cpu|cuda`` (or ``gpu``) -> DALI's image decoder backend, ``"mixed"`` or ``"cpu"``."""
+    return dali_decoder(resolve_device(device, has_cuda=cuda_available))
 
 
 def _image_members(tar: Path) -> list[tuple[str, str, int, int]]:
@@ -229,7 +236,8 @@ def _decode_with_dali(
 
 
 def verify_set(folder: Path, workers: int, device: str, progress) -> dict:
-    """Verify one shard set folder; returns its report (``ok``, counts, ``problems``)."""
+    """Verify one shard set folder, decoding with DALI's ``device`` decoder (``"mixed"`` or ``"cpu"``, see
+    :func:`decoder_for`); returns its report (``ok``, counts, ``problems``)."""
     problems: list[dict] = []
     manifest = None
     has_manifest = (folder / MANIFEST_NAME).is_file()
@@ -288,7 +296,8 @@ def verify_set(folder: Path, workers: int, device: str, progress) -> dict:
 def verify_shardset(path: str | os.PathLike, workers: int = 0, device: str = "auto", progress: bool = True) -> dict:
     """``dino-pipe verify``: check one shard set, or each set under a parent folder.
 
-    ``device``: ``auto`` (``mixed`` when CUDA is present, else ``cpu``), ``cpu`` or ``mixed``.
+    ``device``: ``auto`` (nvJPEG, DALI's ``mixed`` decoder, when CUDA is present, else ``cpu``), ``cpu`` or
+    ``cuda``; each set's report names the decoder (``"device": "mixed"`` or ``"cpu"``).
     Returns ``{"path", "ok", "sets": [report per set]}``; UserError when there is nothing to verify.
     """
     from dino_pipe.progress import make_progress
@@ -299,15 +308,11 @@ def verify_shardset(path: str | os.PathLike, workers: int = 0, device: str = "au
         raise UserError(f"shard set folder {root} does not exist")
     if not root.is_dir():
         raise UserError(f"{root} is not a folder (give a shard set folder, or a parent of train/ and val/)")
-    if device not in ("auto", "cpu", "mixed", "gpu"):
-        raise UserError(f"--device must be auto, cpu or gpu, got '{device}'")
-    device = "mixed" if device in ("mixed", "gpu") or (device == "auto" and cuda_available()) else "cpu"
-    if device == "mixed" and not cuda_available():
-        raise UserError("--device gpu needs CUDA, and no GPU is visible; use --device cpu")
+    decoder = decoder_for(device)
     sets = find_shard_sets(root)
     if not sets:
         raise UserError(f"{root} holds no shard set (no {MANIFEST_NAME} or *.tar here or in its sub-folders)")
     workers = workers or default_workers()
     with make_progress("img", disable=not progress) as bar:
-        reports = [verify_set(folder, workers, device, bar) for folder in sets]
+        reports = [verify_set(folder, workers, decoder, bar) for folder in sets]
     return {"path": str(root), "ok": all(r["ok"] for r in reports), "sets": reports}

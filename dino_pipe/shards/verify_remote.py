@@ -18,13 +18,9 @@ def verify_remote(location: str, workers: int = 0, device: str = "auto", progres
     """Verify the shard set at ``location`` (or each set one level below it), like a local verify."""
     from dino_pipe.progress import make_progress
     from dino_pipe.shards.options import default_workers
-    from dino_pipe.shards.verify import cuda_available, verify_set
+    from dino_pipe.shards.verify import decoder_for, verify_set
 
-    if device not in ("auto", "cpu", "mixed", "gpu"):
-        raise UserError(f"--device must be auto, cpu or gpu, got '{device}'")
-    device = "mixed" if device in ("mixed", "gpu") or (device == "auto" and cuda_available()) else "cpu"
-    if device == "mixed" and not cuda_available():
-        raise UserError("--device gpu needs CUDA, and no GPU is visible; use --device cpu")
+    decoder = decoder_for(device)
     store = open_store(location)
     files, dirs = store.list()
     if MANIFEST_NAME in files:
@@ -42,7 +38,7 @@ def verify_remote(location: str, workers: int = 0, device: str = "auto", progres
     reports = []
     with make_progress("img", disable=not progress) as bar:
         for s, names, folder in folders:
-            r = verify_set(folder, workers, device, bar)
+            r = verify_set(folder, workers, decoder, bar)
             listed = {p.name for p in folder.glob("*.tar")}
             r["extra_tars"] = sorted(n for n in names if n.endswith(".tar") and n not in listed)
             r["path"], r["cache"] = s.url, str(folder)

@@ -1,9 +1,9 @@
-"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, metrics, the launcher, diagnostics.
+"""Training: the loop, EMA teacher, schedules, optimizer, checkpoints, metrics, diagnostics.
 
 ``train(cfg, data, output, gpus=...)`` is the entry point the CLI calls. Importing this package imports
-nothing heavy: ``find_checkpoint``, ``load_checkpoint`` and ``save_checkpoint`` (which need torch) load
-:mod:`dino_pipe.train.checkpoint` on first use, so torch-free modules such as
-:mod:`dino_pipe.train.inputs` can be imported before the arguments are checked.
+nothing heavy, so torch-free modules such as :mod:`dino_pipe.train.inputs` can be imported before the
+arguments are checked. ``find_checkpoint``, ``load_checkpoint`` and ``save_checkpoint`` are the run
+files' (:mod:`dino_pipe.runs`), named here for callers of the training API.
 """
 
 from typing import Any
@@ -20,9 +20,9 @@ def train(*args, **kwargs):
 
 def __getattr__(name: str) -> Any:
     if name in _CHECKPOINT_NAMES:
-        from dino_pipe.train import checkpoint
+        from dino_pipe.runs import checkpoint_file, run_dir
 
-        return getattr(checkpoint, name)
+        return getattr(run_dir if name == "find_checkpoint" else checkpoint_file, name)
     raise AttributeError(f"module 'dino_pipe.train' has no attribute {name!r}")
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from dino_pipe import distributed as D
 from dino_pipe.config import Config
 from dino_pipe.errors import UserError
-from dino_pipe.train import distributed as D
 from dino_pipe.train.trainer import DINOTrainer, resolve_precision
 
 
@@ -69,8 +69,8 @@ def _measure(cfg: Config, env: D.DistEnv, loader, steps: int, warmup: int, label
 def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30, warmup: int = 10,
                 gpus: int | None = None, progress: bool = True) -> dict:
     """Measure the training step on synthetic tensors and (when ``data`` is given) on real shards."""
+    from dino_pipe.data.inputs import check_data, local_data, make_loader
     from dino_pipe.data.synthetic import SyntheticViewLoader
-    from dino_pipe.train.loop import check_data, local_data, make_loader
 
     if gpus is None:
         gpus = min(1, D.default_gpus())

@@ -13,6 +13,7 @@ every image's argmax is the same prototype; too much sharpening). We track, over
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -117,3 +118,38 @@ class PartialCollapseWatch:
                 f"effective; per-image entropy {stats['teacher_entropy']:.2f} of ln K = {ln_k:.2f}); "
                 "try a softer teacher (a higher loss.teacher_temp), a larger optim.momentum_teacher, "
                 "a smaller model.out_dim, or a lower optim.base_lr")
+
+
+class CollapseCheck:
+    """A run's collapse checks: every step's teacher output is observed, and :meth:`check` (every
+    train.collapse_check_every_steps) returns the window's statistics with ``collapse_warning`` and
+    ``partial_collapse_warning`` for the next record. A warning is handed to ``warn(step, text)``: a
+    uniform/one-hot one once per episode (not at every check), a partial-collapse one as
+    :class:`PartialCollapseWatch` decides."""
+
+    def __init__(self, out_dim: int, warn: Callable[[int, str], None]):
+        self.monitor = CollapseMonitor(out_dim)
+        self.partial = PartialCollapseWatch(out_dim)
+        self.warn = warn
+        self.window_outputs = 0  # teacher outputs observed since the last check
+        self.last_kind: str | None = None
+
+    def observe(self, teacher_probs: torch.Tensor) -> None:
+        self.monitor.observe(teacher_probs)
+        self.window_outputs += teacher_probs.shape[0]
+
+    def check(self, step: int) -> dict:
+        """The window's statistics and warnings (empty when nothing was observed); starts a new window."""
+        window_outputs, self.window_outputs = self.window_outputs, 0
+        stats = self.monitor.summary()
+        warning = self.monitor.warning(stats)
+        kind = warning.split(" (")[0] if warning else None
+        if warning and kind != self.last_kind:  # once per episode, not every check
+            self.warn(step, warning)
+        self.last_kind = kind
+        if not stats:
+            return {}
+        partial_warning = self.partial.update(stats, step, window_outputs)
+        if partial_warning:
+            self.warn(step, partial_warning)
+        return {**stats, "collapse_warning": warning, "partial_collapse_warning": partial_warning}

@@ -1,6 +1,6 @@
 """What a training run is given, checked before anything heavy is imported (no torch, no DALI): the
-``--data`` shard set (or ``synthetic[:N]``), the ``--out`` run folder, and the online k-NN pair that a
-shard set with a labelled ``val/`` beside its ``train/`` brings by default.
+``--out`` run folder, and the online k-NN pair that a shard set with a labelled ``val/`` beside its
+``train/`` brings by default (``--data`` itself is checked by :mod:`dino_pipe.data.inputs`).
 
 The CLI calls these first, so a mistyped path is one line within a fraction of a second; the training
 loop (:mod:`dino_pipe.train.loop`) calls them again on its own (they are cheap and idempotent).
@@ -10,74 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 from dino_pipe.config import Config
+from dino_pipe.data.inputs import parse_synthetic
 from dino_pipe.errors import UserError
 from dino_pipe.lock import LOCK_NAME
-from dino_pipe.train.run_dir import RUN_MARKER, is_run_dir
-
-
-def parse_synthetic(data: str | Path) -> int | None:
-    """``"synthetic"`` / ``"synthetic:N"`` -> N random samples per epoch (default 4096); else None."""
-    s = str(data)
-    if s == "synthetic":
-        return 4096
-    if s.startswith("synthetic:"):
-        try:
-            return int(s.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"--data {s}: expected synthetic:NUMBER_OF_SAMPLES") from None
-    return None
-
-
-def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Path:
-    """``s3://…``: fetch the set into the shard cache (``cfg.data.cache_*``) and return that folder;
-    anything else unchanged. Training then reads local files only (no network during an epoch)."""
-    from dino_pipe.storage.url import is_remote
-
-    if parse_synthetic(data) is not None or not is_remote(data):
-        return data
-    from dino_pipe.shards.fetch import fetch_shardset
-    from dino_pipe.storage.cache import CacheSettings
-
-    return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
-
-
-def _say(text: str) -> None:
-    """One line on stderr, once per job (rank 0), not per rank."""
-    if _is_main_process():
-        from dino_pipe.progress import console
-
-        console.print(text, highlight=False, soft_wrap=True)
-
-
-def check_data(data: str | Path) -> str | Path:
-    """Fail early (before any process starts) when the shard set is missing; return the set to read.
-
-    A parent folder as ``dino-pipe shard`` writes it (``train/`` and ``val/`` shard sets, no manifest
-    of its own) means its ``train/`` set, as with ``verify``; the choice is printed in one line.
-    """
-    if parse_synthetic(data) is not None:
-        return data
-    p = Path(data)
-    if not p.exists():
-        raise UserError(f"--data {p}: no such shard set (make one with `dino-pipe shard`)")
-    if p.is_dir() and not (p / "manifest.json").is_file():
-        sets = sorted(c.name for c in p.iterdir() if (c / "manifest.json").is_file())
-        if "train" in sets:
-            _say(f"--data {p}: a parent of shard sets ({', '.join(sets)}); training on {p / 'train'}")
-            return p / "train"
-        if sets:
-            raise UserError(f"--data {p}: not a shard set itself; it holds the shard sets {', '.join(sets)}: "
-                            f"give one of them, e.g. --data {p / sets[0]}")
-        raise UserError(f"--data {p}: not a shard set (no manifest.json; make one with `dino-pipe shard`)")
-    return data
+from dino_pipe.progress import say_once
+from dino_pipe.runs.run_dir import RUN_MARKER, is_run_dir
 
 
 def check_run_dir(output: Path) -> None:
@@ -131,7 +71,7 @@ def default_online_knn(cfg: Config, data: str | Path, say: bool = True) -> Confi
         return cfg
     if train_facts[1] > AUTO_KNN_MAX_SAMPLES:
         if say:
-            _say(f"online k-NN not turned on by itself: {train_set} holds {train_facts[1]:,} images (more than "
+            say_once(f"online k-NN not turned on by itself: {train_set} holds {train_facts[1]:,} images (more than "
                  f"{AUTO_KNN_MAX_SAMPLES:,}); set eval.online_knn_train and eval.online_knn_val to measure it")
         return cfg
     every_epochs = math.ceil(cfg.train.epochs / AUTO_KNN_MAX_MEASUREMENTS)
@@ -143,7 +83,7 @@ def default_online_knn(cfg: Config, data: str | Path, say: bool = True) -> Confi
             when = f"every {every} steps"
         else:
             when = f"every {every_epochs} epochs" if every else "every epoch"
-        _say(f"online k-NN on {train_set} (bank) and {val_set} (queries): the untrained network at step 0, then "
+        say_once(f"online k-NN on {train_set} (bank) and {val_set} (queries): the untrained network at step 0, then "
              f"{when} and at the end (eval.online_knn_auto=false turns it off)")
     new_eval = dataclasses.replace(e, online_knn_train=str(train_set), online_knn_val=str(val_set),
                                    online_knn_every_steps=every)

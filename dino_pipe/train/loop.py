@@ -9,9 +9,10 @@ The loop on each rank only wires its components:
 * :class:`~dino_pipe.train.metrics.MetricsLogger` - every train.log_every_steps a record
   (metrics.jsonl, TensorBoard, progress line), every train.collapse_check_every_steps a collapse check
   (uniform, one-hot and partial collapse), and the teacher's online k-NN at step 0 and every epoch end when
-  eval.online_knn_train/val are set;
+  eval.online_knn_train/val are set and the caller handed down the probe (``online_knn``: training imports
+  nothing from :mod:`dino_pipe.eval`);
 * :class:`~dino_pipe.train.trainer.DINOTrainer` - the step itself;
-* :func:`~dino_pipe.train.distributed.launch` - the processes (shared with evaluation).
+* :func:`~dino_pipe.distributed.launch` - the processes (shared with evaluation).
 
 Only logging, collapse-check and checkpoint steps wait for the device (``DINOTrainer.step(sync=True)``);
 the steps between queue their work without a host sync. A NaN/Inf loss stops the run naming the step,
@@ -31,50 +32,21 @@ from pathlib import Path
 import torch
 import yaml
 
+from dino_pipe import distributed as D
 from dino_pipe.atomic import atomic_write_json, atomic_write_text
 from dino_pipe.config import Config, resolve_batch
 from dino_pipe.cpus import training_threads
+from dino_pipe.data.inputs import check_data, data_identity, local_data, make_loader
 from dino_pipe.errors import UserError
 from dino_pipe.lock import output_lock
-from dino_pipe.train import distributed as D
-from dino_pipe.train.checkpoint import CheckpointManager, load_checkpoint, record_data
-from dino_pipe.train.inputs import (  # noqa: F401  (check_data, local_data: also read from here)
-    check_data,
-    check_run_dir,
-    default_online_knn,
-    local_data,
-    parse_synthetic,
-)
+from dino_pipe.runs.checkpoint_file import load_checkpoint
+from dino_pipe.runs.run_dir import record_data
+from dino_pipe.train.checkpoint import CheckpointManager
+from dino_pipe.train.inputs import check_run_dir, default_online_knn
+from dino_pipe.train.knn_hook import KnnProbeFactory
+from dino_pipe.train.knn_hook import configured as knn_configured
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
-
-# ------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------
-
-
-def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
-    """The real DALI ViewLoader over a shard set, or the synthetic loader for ``synthetic[:N]``."""
-    n = parse_synthetic(data)
-    if n is not None:
-        from dino_pipe.data.synthetic import SyntheticViewLoader
-
-        return SyntheticViewLoader(cfg.data, num_samples=n, device=env.device, device_id=env.local_rank,
-                                   rank=env.rank, world_size=env.world_size, **kwargs)
-    from dino_pipe.data.loader import ViewLoader
-
-    return ViewLoader(Path(data), cfg.data, device=env.device, device_id=env.local_rank, rank=env.rank,
-                      world_size=env.world_size, **kwargs)
-
-
-def data_identity(data: str | Path) -> str:
-    """What ``data`` holds (judged by content, not path; see :func:`content_identity`): a run resumes only on it."""
-    if parse_synthetic(data) is not None:
-        return str(data)
-    from dino_pipe.data.shardset import content_identity
-
-    return content_identity(Path(data))
-
 
 # ------------------------------------------------------------------------------------------------
 # launching
@@ -82,7 +54,7 @@ def data_identity(data: str | Path) -> str:
 
 
 def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None = None, procs: int = 1,
-          progress: bool = True, extend: bool = False) -> dict:
+          progress: bool = True, extend: bool = False, online_knn: KnnProbeFactory | None = None) -> dict:
     """Train DINO on ``data`` (a shard set, or ``synthetic[:N]``) into run dir ``output``.
 
     ``gpus``: number of local GPUs (one process each, NCCL); ``None`` = all visible GPUs, 0 = CPU,
@@ -90,24 +62,31 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     multi-task SLURM step this process joins the job as launched. Rerunning on the same ``output``
     resumes from its newest checkpoint. ``extend``: the resumed run may have a different
     ``train.epochs`` (more, to train a finished run further); the schedules are recomputed for the
-    new length. Returns the summary (also written to ``output/summary.json``).
+    new length. ``online_knn``: the teacher's online k-NN probe, ``factory(cfg, env)`` (the CLI passes
+    :func:`dino_pipe.eval.online_knn.training_probe`); without it none is measured, none is turned on by
+    default, and a config that names an online k-NN pair is refused. Returns the summary (also written to
+    ``output/summary.json``).
     """
-    data = check_data(local_data(data, cfg, progress and int(os.environ.get("RANK", "0")) == 0))
+    first = D.is_main_process()  # the launcher, or rank 0 of a job
+    data = check_data(local_data(data, cfg, progress and first))
     output = Path(output)
     check_run_dir(output)
-    cfg = default_online_knn(cfg, data)
+    if online_knn is not None:
+        cfg = default_online_knn(cfg, data)
+    elif knn_configured(cfg):
+        raise UserError("eval.online_knn_train/val are set, but train() was given no online_knn probe to measure "
+                        "them: pass online_knn=dino_pipe.eval.online_knn.training_probe (as the CLI does)")
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", procs))  # CPU processes sharing this machine
     cpu_threads = training_threads(cfg.train.cpu_threads, cfg.data.threads, local_procs)
-    first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # the launcher, or rank 0 of a job
     with output_lock(output) if first else contextlib.nullcontext():  # one run per --out at a time
-        return D.launch(run_worker, (cfg, data, output, progress, extend), gpus=gpus, procs=procs,
+        return D.launch(run_worker, (cfg, data, output, progress, extend, online_knn), gpus=gpus, procs=procs,
                         cpu_threads=cpu_threads) or {}
 
 
 def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool = True,
-               extend: bool = False) -> dict | None:
+               extend: bool = False, online_knn: KnnProbeFactory | None = None) -> dict | None:
     """One rank's whole run (the process group is set up around it by :func:`D.launch`). Rank 0 returns the summary."""
-    return _Run(env, resolve_batch(cfg, env.world_size), data, Path(output), progress, extend).run()
+    return _Run(env, resolve_batch(cfg, env.world_size), data, Path(output), progress, extend, online_knn).run()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,9 +97,10 @@ def run_worker(env: D.DistEnv, cfg: Config, data, output: Path, progress: bool =
 class _Run:
     """One rank's run: wires the loader, the trainer, the checkpoint manager and the metrics logger."""
 
-    def __init__(self, env: D.DistEnv, cfg: Config, data, output: Path, progress: bool, extend: bool = False):
+    def __init__(self, env: D.DistEnv, cfg: Config, data, output: Path, progress: bool, extend: bool = False,
+                 online_knn: KnnProbeFactory | None = None):
         self.env, self.cfg, self.data, self.run_dir = env, cfg, data, Path(output)
-        self.extend = extend
+        self.extend, self.online_knn = extend, online_knn
         self.show_progress = progress and env.is_main
 
     def run(self) -> dict | None:
@@ -148,7 +128,7 @@ class _Run:
         D.barrier(env)
         start_step = step
         with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress,
-                           teacher=trainer.teacher.backbone) as metrics:
+                           teacher=trainer.teacher.backbone, online_knn=self.online_knn) as metrics:
             while step < stop_at:
                 it = iter(loader)
                 while step < stop_at and (batch := metrics.next_batch(it)) is not None:

@@ -33,11 +33,11 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dino_pipe.config import Config
+from dino_pipe.distributed import DistEnv
 from dino_pipe.errors import UserError
 from dino_pipe.models import DINOModel, create_student_teacher
 from dino_pipe.objective import DINOLoss
 from dino_pipe.objective.koleo import koleo_loss
-from dino_pipe.train.distributed import DistEnv
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
 from dino_pipe.train.schedules import Schedules

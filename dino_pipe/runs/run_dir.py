@@ -7,7 +7,7 @@
     RUN_DIR/checkpoints/step-00001234.pt
     RUN_DIR/data.json                    the shard set the run trains on
 
-:mod:`dino_pipe.train.checkpoint` writes and reads the files; this module only names and lists
+:mod:`dino_pipe.runs.checkpoint_file` writes and reads the files; this module only names and lists
 them, so the CLI can check ``--out`` before torch is imported.
 """
 

@@ -11,6 +11,11 @@ Three ways to run, decided from the environment (the only module besides the CLI
   ``--gpus 0 --procs N`` starts N CPU processes (gloo); N = 1 runs in the calling process.
 
 The device is decided here (CUDA when GPUs are requested and present, else CPU) and passed down.
+Training and evaluation both start their processes through :func:`launch`; :func:`is_main_process` is
+the one answer to "is this rank 0 of the job?" before any process group exists.
+
+Importing this module imports nothing heavy (torch loads inside the functions that need it), so the CLI
+can ask :func:`is_main_process` before its arguments are checked.
 """
 
 from __future__ import annotations
@@ -24,11 +29,9 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-import torch
-import torch.distributed as dist
-
+from dino_pipe.device import Device, torch_device
 from dino_pipe.errors import UserError
 
 
@@ -39,7 +42,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: str = "cpu"  # "cpu" | "cuda"
+    device: Device = "cpu"
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     launcher: str = "local"  # local | torchrun | slurm
@@ -52,8 +55,29 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def torch_device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if self.device == "cuda" else torch.device("cpu")
+    def torch_device(self):
+        """This rank's ``torch.device``: ``cuda:local_rank``, or the CPU."""
+        return torch_device(self.device, self.local_rank)
+
+
+def _launched_rank(environ: Mapping[str, str]) -> tuple[str, int, int, int] | None:
+    """(launcher, rank, world size, local rank) under torchrun or a multi-task SLURM step; None otherwise."""
+    if all(k in environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return "torchrun", int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"])
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        local = int(environ.get("SLURM_LOCALID", 0))
+        return "slurm", int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), local
+    return None
+
+
+def is_main_process(environ: Mapping[str, str] | None = None) -> bool:
+    """This process is rank 0 of its job, or the launcher of a local run (which becomes rank 0 or spawns the
+    ranks): the process that prints once per job, shows progress and takes the output lock.
+
+    The same rule :func:`launched_env` joins a job by: torchrun's ``RANK`` (with ``WORLD_SIZE`` and
+    ``LOCAL_RANK``), else SLURM's ``SLURM_PROCID`` when ``SLURM_NTASKS > 1``; otherwise this process."""
+    launched = _launched_rank(os.environ if environ is None else environ)
+    return launched is None or launched[1] == 0
 
 
 def _slurm_master_addr(environ) -> str:
@@ -74,42 +98,45 @@ def _slurm_master_addr(environ) -> str:
     raise UserError("SLURM job: cannot find the master host; export MASTER_ADDR (or make `scontrol` available)")
 
 
-def launched_env(gpus: int, environ=None) -> DistEnv | None:
+def launched_env(gpus: int, environ: Mapping[str, str] | None = None) -> DistEnv | None:
     """The rank this process already has under torchrun or SLURM, or None for a local launch.
 
     ``gpus`` only chooses the device there: 0 -> CPU/gloo, otherwise CUDA/NCCL (one GPU per rank,
     ``cuda:LOCAL_RANK``).
     """
     environ = os.environ if environ is None else environ
-    if all(k in environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
-        rank, world, local = int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"])
+    launched = _launched_rank(environ)
+    if launched is None:
+        return None
+    launcher, rank, world, local = launched
+    if launcher == "torchrun":
         addr = environ.get("MASTER_ADDR", "127.0.0.1")
         port = int(environ.get("MASTER_PORT", 29500))
-        launcher = "torchrun"
-    elif int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
-        rank, world = int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"])
-        local = int(environ.get("SLURM_LOCALID", 0))
+    else:
         addr = _slurm_master_addr(environ)
         port = int(environ.get("MASTER_PORT", 20000 + int(environ.get("SLURM_JOB_ID", "9500")) % 20000))
-        launcher = "slurm"
-    else:
-        return None
-    device = "cuda" if gpus != 0 else "cpu"
+    device: Device = "cuda" if gpus != 0 else "cpu"
     if device == "cuda":
-        n = torch.cuda.device_count()
+        n = _cuda_count()
         if local >= n:
             raise UserError(f"{launcher} rank {rank}: local rank {local} needs GPU {local}, but {n} CUDA devices "
                             "are visible (launch one process per GPU, or use --gpus 0 for CPU)")
     return DistEnv(rank, world, local, device, addr, port, launcher)
 
 
-def check_local_request(gpus: int, procs: int) -> tuple[str, int]:
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_local_request(gpus: int, procs: int) -> tuple[Device, int]:
     """Validate ``--gpus``/``--procs`` for a local launch; return (device, number of processes)."""
     if gpus < 0 or procs < 1:
         raise UserError("--gpus must be >= 0 and --procs >= 1")
     if gpus == 0:
         return "cpu", procs
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n = _cuda_count()
     if gpus > n:
         raise UserError(f"--gpus {gpus} requested but {n} CUDA device{'s' if n != 1 else ''} visible on this machine "
                         "(use --gpus 0 to train on the CPU)")
@@ -137,6 +164,9 @@ def free_port() -> int:
 
 def init_process_group(env: DistEnv) -> None:
     """Set the CUDA device and join the process group (no-op for a single process)."""
+    import torch
+    import torch.distributed as dist
+
     if env.device == "cuda":
         torch.cuda.set_device(env.local_rank)
     if env.world_size <= 1 or (dist.is_available() and dist.is_initialized()):
@@ -157,6 +187,8 @@ def _rendezvous(env: DistEnv) -> dict:
         return {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
     from datetime import timedelta
 
+    import torch.distributed as dist
+
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it: all are clients
     store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=not agent_store and env.rank == 0,
                           timeout=timedelta(minutes=30), multi_tenant=True)
@@ -164,6 +196,8 @@ def _rendezvous(env: DistEnv) -> dict:
 
 
 def destroy_process_group() -> None:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -172,6 +206,8 @@ def all_gather_objects(obj, env: DistEnv) -> list:
     """Every rank's ``obj`` (a list of length world_size); just ``[obj]`` for one process."""
     if env.world_size <= 1:
         return [obj]
+    import torch.distributed as dist
+
     out = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
@@ -179,6 +215,8 @@ def all_gather_objects(obj, env: DistEnv) -> list:
 
 def barrier(env: DistEnv) -> None:
     if env.world_size > 1:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -189,7 +227,7 @@ def barrier(env: DistEnv) -> None:
 
 def default_gpus() -> int:
     """``--gpus`` when not given: every visible GPU (0 = the CPU when none)."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return _cuda_count()
 
 
 def launch(fn: Callable[..., Any], args: tuple = (), *, gpus: int | None = None, procs: int = 1,
@@ -215,6 +253,8 @@ def launch(fn: Callable[..., Any], args: tuple = (), *, gpus: int | None = None,
 
 def _run_rank(env: DistEnv, fn: Callable[..., Any], args: tuple, cpu_threads: int) -> Any:
     if env.device == "cpu" and cpu_threads > 0:
+        import torch
+
         torch.set_num_threads(cpu_threads)
     init_process_group(env)
     try:
@@ -223,7 +263,7 @@ def _run_rank(env: DistEnv, fn: Callable[..., Any], args: tuple, cpu_threads: in
         destroy_process_group()
 
 
-def _spawn(fn: Callable[..., Any], args: tuple, device: str, world: int, cpu_threads: int) -> Any:
+def _spawn(fn: Callable[..., Any], args: tuple, device: Device, world: int, cpu_threads: int) -> Any:
     import torch.multiprocessing as mp
 
     port = free_port()
@@ -246,8 +286,10 @@ def _spawn(fn: Callable[..., Any], args: tuple, device: str, world: int, cpu_thr
             return pickle.load(f)
 
 
-def _spawned_rank(rank: int, world: int, device: str, port: int, fn: Callable[..., Any], args: tuple,
+def _spawned_rank(rank: int, world: int, device: Device, port: int, fn: Callable[..., Any], args: tuple,
                   cpu_threads: int, outbox: str) -> None:
+    import torch
+
     from dino_pipe.cpus import available_cores
     from dino_pipe.errors import os_error_message
 

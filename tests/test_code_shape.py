@@ -17,21 +17,23 @@ def function_lengths(root: Path) -> list[tuple[str, str, int]]:
     found = []
     for path in sorted(root.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-
-        def visit(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    name = f"{prefix}{child.name}"
-                    found.append((str(path.relative_to(root.parent)), name, child.end_lineno - child.lineno + 1))
-                    visit(child, f"{name}.")
-                elif isinstance(child, ast.ClassDef):
-                    visit(child, f"{prefix}{child.name}.")
-                else:
-                    visit(child, prefix)
-
-        visit(tree, "")
+        found += [(str(path.relative_to(root.parent)), name, n) for name, n in _lengths(tree, "")]
     return found
 
+
+def _lengths(node: ast.AST, prefix: str) -> list[tuple[str, int]]:
+    """``(qualified name, lines)`` of the functions under ``node``, nested ones included."""
+    found = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = f"{prefix}{child.name}"
+            found.append((name, child.end_lineno - child.lineno + 1))
+            found += _lengths(child, f"{name}.")
+        elif isinstance(child, ast.ClassDef):
+            found += _lengths(child, f"{prefix}{child.name}.")
+        else:
+            found += _lengths(child, prefix)
+    return found
 
 def test_no_function_is_longer_than_80_lines():
     lengths = function_lengths(PKG)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from dino_pipe import __version__
+from dino_pipe import __version__, render
 from dino_pipe.device import DEVICE_METAVAR, device_choice, resolve_device
 from dino_pipe.errors import UserError, os_error_message
 
@@ -179,26 +179,9 @@ def check_outputs(
 FORCE_HELP = "Replace output files that already exist (refused otherwise)."
 
 
-def _title(text: str) -> None:
-    """A table's title on its own line: as a rich table title it would wrap to the table's width (a 27-character
-    column for the k-NN table)."""
-    out.print(text, style="bold", highlight=False, soft_wrap=True)
-
-
-def print_json(result: Any) -> None:
-    from dino_pipe.atomic import json_text
-
-    out.print_json(json_text(result.to_dict() if hasattr(result, "to_dict") else result))
-
-
 # ----------------------------------------------------------------------------------------------
 # shards package: shard, verify
 # ----------------------------------------------------------------------------------------------
-
-
-#: what each --layout is, in the shard summary (the option keeps its short names)
-_LAYOUT_WORDS = {"imagenet": "train/val folders of classes", "imagefolder": "class folders",
-                 "unlabeled": "a folder of images"}
 
 
 @app.command("shard")
@@ -235,9 +218,6 @@ def shard_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Image tree -> validated, deterministic WebDataset shards (+ DALI .idx + manifest.json)."""
-    from rich import box
-    from rich.table import Table
-
     from dino_pipe.shards.options import ShardOptions
     from dino_pipe.shards.writer import shard_tree
 
@@ -245,35 +225,7 @@ def shard_cmd(
     options = ShardOptions(layout=layout, seed=seed, shard_samples=shard_samples, shard_mb=shard_mb, quality=quality,
                            max_side=max_side, check=check, workers=workers)
     result = shard_tree(src, out_dir, options, force=force, progress=not quiet)
-    n_classes = result["sets"][0]["num_classes"]
-    labels = f"{n_classes} classes" if n_classes else "no labels"
-    layout = _LAYOUT_WORDS.get(result["layout"], result["layout"])
-    layout += f": {result['form']}" if result.get("form") not in (None, "folders") else ""
-    _title(f"{result['source']} -> {result['out']} ({layout}, {labels})")
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("set", "samples", "shards", "MB", "converted", "skipped", "img/s", "status"):
-        table.add_column(col, justify="left" if col in ("set", "status") else "right", no_wrap=col == "status")
-    for s in result["sets"]:
-        rate = f"{s['images_per_s']:,.0f}" if s["images_per_s"] else "-"
-        table.add_row(s["split"], f"{s['num_samples']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:,.1f}",
-                      str(s["converted"]), str(s["skipped"]), rate, s["status"])
-    out.print(table)
-    for note in result.get("notes", []):
-        out.print(note, markup=False)
-    for s in result["sets"]:
-        if s["converted"]:
-            out.print(f"{s['split']}: converted {s['converted']} image(s) to RGB JPEG; paths and reasons are under "
-                      f"'converted_files' in {s['out']}/manifest.json")
-        if s["ignored"]:
-            out.print(f"{s['split']}: ignored {s['ignored']} non-image file(s) (by extension, or hidden)")
-        if s.get("skipped_links"):
-            out.print(
-                f"[yellow]{s['split']}: did not follow {s['skipped_links']} symlink(s)[/] leaving the source tree "
-                f"or looping; paths and reasons are under 'skipped_links' in {s['out']}/manifest.json"
-            )
-        if s["skipped"]:
-            out.print(f"[yellow]{s['split']}: skipped {s['skipped']} unreadable file(s)[/]; "
-                      f"paths and reasons are under 'skipped' in {s['out']}/manifest.json")
+    render.shard_summary(out, result)
     write_json(json_path, result)
 
 
@@ -290,9 +242,6 @@ def verify_cmd(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Re-read a shard set: sha256 vs manifest, sample counts, .idx vs tar, every image decoded by DALI."""
-    from rich import box
-    from rich.table import Table
-
     from dino_pipe.shards.verify import verify_shardset
     from dino_pipe.storage.url import is_remote
 
@@ -303,37 +252,7 @@ def verify_cmd(
         result = verify_remote(shardset, workers=workers, device=device, progress=not quiet)
     else:
         result = verify_shardset(shardset, workers=workers, device=device, progress=not quiet)
-    _title(f"verify {result['path']} (decoded by DALI on {result['sets'][0]['device']})")
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("set", "manifest", "shards", "samples", "decoded", "bad shards", "bad samples", "result"):
-        table.add_column(col, justify="left" if col in ("set", "manifest", "result") else "right")
-    for s in result["sets"]:
-        table.add_row(
-            Path(s["path"]).name,
-            "yes" if s["manifest"] else "[yellow]none[/]",
-            str(s["shards"]),
-            f"{s['samples']:,}",
-            f"{s['decoded']:,}",
-            str(len(s["bad_shards"])),
-            str(len(s["bad_samples"])),
-            "[green]ok[/]" if s["ok"] else "[bold red]BAD[/]",
-        )
-    out.print(table)
-    for s in result["sets"]:
-        if not s["manifest"]:
-            out.print(
-                f"[yellow]{s['path']}: no manifest.json[/]: checked tars, indexes and decoding only "
-                "(no checksums or labels range)"
-            )
-        if s["extra_tars"]:
-            out.print(
-                f"[yellow]{s['path']}: {len(s['extra_tars'])} tar file(s) not in the manifest[/] "
-                f"(ignored by readers), e.g. {s['extra_tars'][0]}"
-            )
-        for p in s["problems"]:
-            where = "/".join(x for x in (s["path"], p["shard"]) if x)
-            sample = f" sample {p['sample']}:" if p["sample"] else ""
-            err.print(f"[bold red]bad:[/] {where}:{sample} {p['problem']}", highlight=False, soft_wrap=True)
+    render.verify_report(out, err, result)
     write_json(json_path, result)
     if not result["ok"]:
         raise typer.Exit(1)
@@ -389,10 +308,7 @@ def bench_loader_cmd(
         global_size=global_size,
         local_size=local_size,
     )
-    out.print(f"[bold]{result['loader']}[/] on {result['device']}: {result['images_per_s']:,.1f} images/s, "
-              f"{result['views_per_s']:,.1f} views/s ({result['views_per_image']} views/image, batch {batch_size}, "
-              f"{threads} threads)")
-    print_json(result)
+    render.loader_rate(out, result, batch_size, threads)
     write_json(json_path, result)
 
 
@@ -451,13 +367,7 @@ def train_cmd(
 
     result = train(cfg, data, output, gpus=gpus, procs=procs, progress=not quiet, extend=extend,
                    online_knn=training_probe)
-    if result:
-        print_json(result)
-        knn = result.get("online_knn")
-        if knn and knn.get("untrained_top1") is not None and knn["step"] > 0:
-            out.print(f"online k-NN top-1 (k = {knn['k']}): untrained {knn['untrained_top1']:.2f} % (step 0) -> "
-                      f"{knn['top1']:.2f} % (step {knn['step']}), {knn['top1'] - knn['untrained_top1']:+.2f} points",
-                      highlight=False)
+    render.train_summary(out, result)
 
 
 def _train_defaults(data: Optional[str], output: Optional[Path], config: Path, cfg: Any, extend: bool,
@@ -545,7 +455,7 @@ def bench_train_cmd(
             extra.append(f"{key}={value}")
     cfg = load_config(config, extra + list(overrides or []))
     result = bench_train(cfg, data, steps=steps, warmup=warmup, gpus=gpus)
-    print_json(result)
+    render.json_result(out, result)
     write_json(json_path, result)
 
 
@@ -651,79 +561,19 @@ def eval_knn_cmd(
         gpus=_eval_gpus(gpus),
         procs=procs,
     )
-    _print_knn(result)
+    render.knn_report(out, result, _knn_baseline(result))
     write_json(json_path, result)
 
 
-def _print_knn(result: dict) -> None:
-    """The k-NN table, its notes, the data line and the untrained baseline."""
-    from rich.table import Table
-
+def _knn_baseline(result: dict) -> Optional[dict]:
+    """The untrained network's k-NN for this result, from its run's step-0 online k-NN
+    (:func:`~dino_pipe.eval.baseline.run_baseline`); stored in the result as ``baseline`` when there is one."""
     from dino_pipe.eval.baseline import run_baseline
 
-    src = result["checkpoint"]
-    weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    _title(f"k-NN  {src.get('model', src.get('arch'))} ({weights}), T = {result['knn']['temperature']}")
-    table = Table()
-    table.add_column("k", justify="right")
-    table.add_column("top-1 %", justify="right")
-    table.add_column("top-5 %", justify="right")
-    for r in result["results"]:
-        kk = str(r["k"]) if r["k"] == r["k_effective"] else f"{r['k']} (-> {r['k_effective']})"
-        table.add_row(kk, f"{r['top1']:.2f}", f"{r['top5']:.2f}")
-    out.print(table)
-    for r in result["results"]:
-        if r.get("note"):
-            out.print(f"[yellow]k = {r['k']}[/]: {r['note']}", highlight=False)
-    d = result["data"]
-    out.print(f"train {d['train'].get('num_samples')} / val {d['val'].get('num_samples')} images, "
-              f"{d['train'].get('num_classes')} classes; features {result['knn']['feature_dim']}-d "
-              f"{result['knn']['feature_dtype']}; {result['seconds']['features']:.1f} s features, "
-              f"{result['seconds']['knn']:.1f} s k-NN", highlight=False)
-    _print_worst_classes(result["results"], d["train"])
-    _print_knn_baseline(result, run_baseline(result))
-
-
-def _print_knn_baseline(result: dict, baseline: Optional[dict]) -> None:
-    """The untrained network's top-1 next to this result's (from the run's step-0 online k-NN), or how to get it;
-    stored in the result as ``baseline``."""
-    if result["checkpoint"].get("random_init"):
-        return
-    if baseline is None:
-        out.print("untrained baseline: not measured by this run on these sets; add --random-init to measure it",
-                  highlight=False)
-        return
-    result["baseline"] = baseline
-    row = next((r for r in result["results"] if r["k"] == baseline["k"]), None)
-    here = f" -> {row['top1']:.2f} % here ({row['top1'] - baseline['top1']:+.2f} points)" if row else ""
-    out.print(f"untrained network (the run's online k-NN at step 0, k = {baseline['k']}): top-1 "
-              f"{baseline['top1']:.2f} %{here}", highlight=False, soft_wrap=True)
-
-
-def _class_label(facts: dict, c: int) -> str:
-    """A class as the tables show it: its folder name (an ImageNet wnid), and its human name when known."""
-    classes, names = facts.get("classes") or [], facts.get("class_names") or []
-    label = str(classes[c]) if c < len(classes) else f"class {c}"
-    return f"{label} {names[c]}" if c < len(names) else label
-
-
-def _print_class_names(facts: dict, shown: int = 4) -> None:
-    """The first classes with their human names, when the shard set's manifest has them (ImageNet wnids)."""
-    names = facts.get("class_names")
-    if names:
-        pairs = ", ".join(_class_label(facts, c) for c in range(min(shown, len(names))))
-        more = f", … ({len(names)} in data.train.class_names of the JSON)" if len(names) > shown else ""
-        out.print(f"classes: {pairs}{more}", highlight=False, soft_wrap=True)
-
-
-def _print_worst_classes(results: list[dict], facts: dict, shown: int = 5) -> None:
-    """The classes k-NN gets wrong most (at k = 20, or the first k), named as the shard set names them."""
-    row = next((r for r in results if r["k"] == 20), results[0])
-    per_class = [(acc, c) for c, acc in enumerate(row.get("class_top1") or []) if acc is not None]
-    if len(per_class) < 2:
-        return
-    worst = ", ".join(f"{_class_label(facts, c)} {acc:.1f}" for acc, c in sorted(per_class)[:shown])
-    out.print(f"worst classes at k = {row['k']} (top-1 %): {worst}", highlight=False, soft_wrap=True)
+    baseline = run_baseline(result)
+    if baseline is not None:  # None for --random-init, or when the run measured something else
+        result["baseline"] = baseline
+    return baseline
 
 
 @eval_app.command("linear")
@@ -767,8 +617,6 @@ def eval_linear_cmd(
     procs: int = typer.Option(1, "--procs", help="With --gpus 0: number of gloo CPU processes."),
 ) -> None:
     """Linear probe on frozen features (SGD, cosine lr, random-resized-crop + flip); resumable."""
-    from rich.table import Table
-
     checkpoint, train, val, run = _run_inputs(checkpoint, train, val, need_data=True)
     if out_dir is None:
         if run is None:
@@ -795,24 +643,7 @@ def eval_linear_cmd(
         gpus=_eval_gpus(gpus),
         procs=procs,
     )
-    src = result["checkpoint"]
-    weights = "random init" if src.get("random_init") else f"{src.get('which')} @ step {src.get('step')}"
-    _title(f"linear probe  {src.get('model', src.get('arch'))} ({weights}), "
-           f"{result['linear']['feature_dim']}-d features")
-    table = Table()
-    for col in ("epoch", "lr", "train loss", "top-1 %", "top-5 %"):
-        table.add_column(col, justify="right")
-    best = result["best"]
-    for e in result["epochs"][-10:]:
-        mark = " *" if best and e["epoch"] == best["epoch"] else ""
-        table.add_row(
-            f"{e['epoch']}{mark}", f"{e['lr']:.2e}", f"{e['train_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}"
-        )
-    out.print(table)
-    _print_class_names(result.get("data", {}).get("train", {}))
-    if best:
-        out.print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f} %, top-5 {best['top5']:.2f} %"
-                  f"{'' if result['complete'] else ' (not finished: rerun to resume)'}", highlight=False)
+    render.linear_report(out, result)
     err.print(f"results written to {Path(result['output_dir']) / 'linear.json'}")
 
 
@@ -858,20 +689,7 @@ def viz_attention_cmd(
                   beside={f: ("--out", f"written into {out_dir}") for f in attention_outputs(images, out_dir)})
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=resolve_device(device))
-    if result["note"]:
-        out.print(f"note: {result['note']}", highlight=False, soft_wrap=True)
-    elif size is None:
-        out.print(
-            f"images resized to {result['size']} px on the shorter side (the run's data.global_size; --size to change)",
-            highlight=False,
-        )
-    for entry in result["images"]:
-        share = entry.get("share_of_patches_for_mass")
-        extra = f"; patches holding {threshold:.0%} of each head's attention: " + \
-            " ".join(f"{s:.0%}" for s in share) if share else ""
-        out.print(
-            f"{entry['png']}  ({entry['width']}x{entry['height']} px, {entry['heads']} heads{extra})", highlight=False
-        )
+    render.attention_report(out, result, size, threshold)
     err.print(f"results written to {Path(out_dir) / 'attention.json'}")
 
 
@@ -899,9 +717,7 @@ def export_cmd(
         out_file = run / "backbone.safetensors"
         err.print(f"output: {out_file} (in the run; --out to choose)", highlight=False)
     info = export_backbone(checkpoint, out_file, which=which, force=force or in_run)
-    out.print(f"wrote {info['file']} ({info['parameters']:,} parameters, {info['arch']}, {which} @ step "
-              f"{info['source']['step']}) and {sidecar_path(out_file)}", highlight=False)
-    out.print(f"load it with: {info['load']}", highlight=False)
+    render.export_summary(out, info, which, sidecar_path(out_file))
 
 
 @viz_app.command("curves")
@@ -927,11 +743,7 @@ def viz_curves_cmd(
     mine = force or out_file is None  # the default RUN_DIR/curves.png is the run's own, redrawn freely
     check_outputs({"--out": png}, force=mine, beside={png.with_suffix(".json"): ("--out", f"written beside {png}")})
     result = plot_curves(run_dir, png, knn or [], k=k)
-    n_knn, n_online = len(result["knn"]), len(result["online_knn"])
-    knn = f"{n_knn} k-NN result{'' if n_knn == 1 else 's'}" + (
-        f", {n_online} online k-NN point{'' if n_online == 1 else 's'}" if n_online else "")
-    out.print(f"{result['png']}: loss {result['loss_first']:.3f} -> {result['loss_last']:.3f} over "
-              f"{result['logged_steps']} logged steps; {knn}", highlight=False)
+    render.curves_summary(out, result)
     write_json(png.with_suffix(".json"), result)
 
 

@@ -53,6 +53,12 @@ def check_choice(value: Any, tp: Any, name: str) -> str:
     raise UserError(f"{name}: must be {_one_of(allowed)}, got {value!r}")
 
 
+def need(cond: bool, key: str, what: str) -> None:
+    """A range check of one config key: ``config key KEY: WHAT`` as a UserError unless ``cond``."""
+    if not cond:
+        raise UserError(f"config key {key}: {what}")
+
+
 @dataclass
 class DataConfig:
     """The DINO multi-crop recipe (defaults: the reference DINO augmentation) and loader knobs."""
@@ -133,6 +139,30 @@ class DataConfig:
     fetch_threads: int = 0
     """Parallel shard downloads; 0 = $DINO_PIPE_FETCH_THREADS or 8."""
 
+    def validate(self) -> None:
+        """Range checks of the data section; each failure names the key."""
+        need(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        need(self.global_batch_size >= 0, "data.global_batch_size", "must be >= 0 (0 = data.batch_size per process)")
+        need(self.global_size >= 8, "data.global_size", "must be >= 8 pixels")
+        need(self.local_size >= 8, "data.local_size", "must be >= 8 pixels")
+        need(self.n_local >= 0, "data.n_local", "must be >= 0")
+        for name in ("global_scale", "local_scale", "aspect_ratio", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            need(0 < lo <= hi, f"data.{name}", f"needs 0 < low <= high, got {getattr(self, name)}")
+        need(self.global_scale[1] <= 1.0 and self.local_scale[1] <= 1.0, "data.*_scale", "scales must be <= 1")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p_local", "solarize_p_local"):
+            need(0.0 <= getattr(self, name) <= 1.0, f"data.{name}", "must be a probability in [0, 1]")
+        for name in ("blur_p_global", "solarize_p_global"):
+            need(all(0.0 <= p <= 1.0 for p in getattr(self, name)), f"data.{name}", "must be probabilities in [0, 1]")
+        for name in ("brightness", "contrast", "saturation"):
+            need(getattr(self, name) >= 0, f"data.{name}", "must be >= 0")
+        need(0 <= self.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
+        need(self.threads >= 0, "data.threads", "must be >= 0 (0 = automatic)")
+        need(self.prefetch >= 1, "data.prefetch", "must be >= 1")
+        need(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+        need(0.0 <= self.hw_decoder_load <= 1.0, "data.hw_decoder_load", "must be in [0, 1]")
+        need(self.eval_crop <= self.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
+
 
 @dataclass
 class ModelConfig:
@@ -160,6 +190,13 @@ class ModelConfig:
     """ViT position table for other crop sizes: reference (DINO's plain bicubic, scale (n+0.1)/N) or timm
     (antialiased)."""
 
+    def validate(self) -> None:
+        """Range checks of the model section; each failure names the key."""
+        need(self.out_dim >= 1 and self.hidden_dim >= 1 and self.bottleneck_dim >= 1, "model.out_dim",
+             "head sizes must be >= 1")
+        need(self.head_layers >= 1, "model.head_layers", "must be >= 1")
+        need(0 <= self.drop_path < 1, "model.drop_path", "must be in [0, 1)")
+
 
 @dataclass
 class LossConfig:
@@ -183,6 +220,18 @@ class LossConfig:
     koleo_weight: float = 0.0
     """Weight of the KoLeo regulariser on the student's backbone embeddings of each global view (DINOv2: 0.1;
     0 = off, the reference DINO)."""
+
+    def validate(self) -> None:
+        """Range checks of the loss section; each failure names the key."""
+        need(
+            self.student_temp > 0 and self.teacher_temp > 0 and self.warmup_teacher_temp > 0,
+            "loss.*_temp",
+            "temperatures must be > 0",
+        )
+        need(0 <= self.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
+        need(self.sinkhorn_iters >= 1, "loss.sinkhorn_iters", "must be >= 1")
+        need(self.koleo_weight >= 0, "loss.koleo_weight", "must be >= 0 (0 = off)")
+        need(self.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0")
 
 
 @dataclass
@@ -210,6 +259,16 @@ class OptimConfig:
     optimizer: Optimizer = "adamw"
     """adamw (reference ViTs), sgd (momentum 0.9) or lars (reference ResNet-50 runs)."""
 
+    def validate(self) -> None:
+        """Range checks of the optim section; each failure names the key."""
+        need(self.base_lr > 0, "optim.base_lr", "must be > 0")
+        need(self.min_lr >= 0, "optim.min_lr", "must be >= 0")
+        need(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
+        need(0 <= self.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]")
+        need(self.weight_decay >= 0 and self.weight_decay_end >= 0, "optim.weight_decay", "must be >= 0")
+        need(self.warmup_epochs >= 0 and self.freeze_last_layer_epochs >= 0, "optim.warmup_epochs",
+             "epochs must be >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -236,6 +295,16 @@ class TrainConfig:
     cpu_threads: int = 0
     """torch intra-op threads per process on the CPU; 0 = automatic: the process's share of the cores minus the
     loader's data.threads (half the share when data.threads is automatic too), at least 1 (README: threads)."""
+
+    def validate(self) -> None:
+        """Range checks of the train section; each failure names the key."""
+        need(self.epochs >= 1, "train.epochs", "must be >= 1")
+        need(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        need(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = epoch ends only)")
+        need(self.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+        need(self.collapse_check_every_steps >= 1, "train.collapse_check_every_steps", "must be >= 1")
+        need(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = run all epochs)")
+        need(self.cpu_threads >= 0, "train.cpu_threads", "must be >= 0 (0 = automatic)")
 
 
 @dataclass
@@ -281,6 +350,32 @@ class EvalConfig:
     """When online_knn_train/val are unset and --data is a labelled shard set (up to 100,000 images) with a labelled
     val/ set of the same classes beside it (as `dino-pipe shard` writes train/ + val/), measure the online k-NN on
     that pair, about 10 times a run at most (every epoch, or every few epochs); false = off."""
+
+    def validate(self) -> None:
+        """Range checks of the eval section; each failure names the key."""
+        need(all(k >= 1 for k in self.knn_k) and len(self.knn_k) > 0, "eval.knn_k",
+             "must be a non-empty list of k >= 1")
+        need(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+        need(self.knn_chunk_size >= 1 and self.knn_bank_chunk_size >= 1, "eval.knn_*chunk_size", "must be >= 1")
+        need(self.batch_size >= 1 and self.linear_epochs >= 1, "eval.batch_size",
+             "batch size and linear_epochs must be >= 1")
+        need(
+            self.linear_lr > 0 and self.linear_n_last_blocks >= 1,
+            "eval.linear_lr",
+            "linear_lr must be > 0 and linear_n_last_blocks >= 1",
+        )
+        need(
+            0 < self.linear_crop_scale[0] <= self.linear_crop_scale[1] <= 1,
+            "eval.linear_crop_scale",
+            "needs 0 < low <= high <= 1",
+        )
+        need(
+            bool(self.online_knn_train) == bool(self.online_knn_val),
+            "eval.online_knn_train",
+            "online k-NN needs both eval.online_knn_train and eval.online_knn_val (labelled shard sets)",
+        )
+        need(self.online_knn_every_steps >= 0, "eval.online_knn_every_steps", "must be >= 0 (0 = every epoch end)")
+        need(self.online_knn_k >= 1, "eval.online_knn_k", "must be >= 1")
 
 
 @dataclass
@@ -571,94 +666,29 @@ def _check_choices(obj: Any, prefix: str = "") -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that a type check cannot express; each failure names the key."""
-
-    def need(cond: bool, key: str, what: str) -> None:
-        if not cond:
-            raise UserError(f"config key {key}: {what}")
-
+    """Every check of the tree: the choices, each section's own range checks (its ``validate()``, beside its
+    fields) and the checks across sections; each failure names the key."""
     _check_choices(cfg)
-    d = cfg.data
-    need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
-    need(d.global_batch_size >= 0, "data.global_batch_size", "must be >= 0 (0 = data.batch_size per process)")
-    need(d.global_size >= 8, "data.global_size", "must be >= 8 pixels")
-    need(d.local_size >= 8, "data.local_size", "must be >= 8 pixels")
-    need(d.n_local >= 0, "data.n_local", "must be >= 0")
-    for name in ("global_scale", "local_scale", "aspect_ratio", "blur_sigma"):
-        lo, hi = getattr(d, name)
-        need(0 < lo <= hi, f"data.{name}", f"needs 0 < low <= high, got {getattr(d, name)}")
-    need(d.global_scale[1] <= 1.0 and d.local_scale[1] <= 1.0, "data.*_scale", "scales must be <= 1")
-    for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p_local", "solarize_p_local"):
-        need(0.0 <= getattr(d, name) <= 1.0, f"data.{name}", "must be a probability in [0, 1]")
-    for name in ("blur_p_global", "solarize_p_global"):
-        need(all(0.0 <= p <= 1.0 for p in getattr(d, name)), f"data.{name}", "must be probabilities in [0, 1]")
-    for name in ("brightness", "contrast", "saturation"):
-        need(getattr(d, name) >= 0, f"data.{name}", "must be >= 0")
-    need(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
-    need(d.threads >= 0, "data.threads", "must be >= 0 (0 = automatic)")
-    need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
-    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
-    need(0.0 <= d.hw_decoder_load <= 1.0, "data.hw_decoder_load", "must be in [0, 1]")
-    need(d.eval_crop <= d.eval_resize, "data.eval_crop", "must be <= data.eval_resize")
-    m = cfg.model
+    cfg.data.validate()
+    _check_patch_multiples(cfg.data, cfg.model)
+    cfg.model.validate()
+    cfg.loss.validate()
+    cfg.optim.validate()
+    cfg.train.validate()
+    cfg.eval.validate()
+
+
+def _check_patch_multiples(d: DataConfig, m: ModelConfig) -> None:
+    """A ViT cuts each crop into patch x patch tiles: the crop sizes must be multiples of its patch."""
     patch = vit_patch_size(m)
-    if patch:  # a ViT cuts each crop into patch x patch tiles: sizes must be multiples of the patch
-        sizes = [("data.global_size", d.global_size), ("data.eval_crop", d.eval_crop)]
-        sizes += [("data.local_size", d.local_size)] if d.n_local > 0 else []
-        for key, size in sizes:
-            need(
-                size % patch == 0,
-                key,
-                f"{size} is not a multiple of the patch size {patch} of model.arch "
-                f"{m.arch} (use {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})",
-            )
-    need(m.out_dim >= 1 and m.hidden_dim >= 1 and m.bottleneck_dim >= 1, "model.out_dim", "head sizes must be >= 1")
-    need(m.head_layers >= 1, "model.head_layers", "must be >= 1")
-    need(0 <= m.drop_path < 1, "model.drop_path", "must be in [0, 1)")
-    lo = cfg.loss
-    need(
-        lo.student_temp > 0 and lo.teacher_temp > 0 and lo.warmup_teacher_temp > 0,
-        "loss.*_temp",
-        "temperatures must be > 0",
-    )
-    need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)")
-    need(lo.sinkhorn_iters >= 1, "loss.sinkhorn_iters", "must be >= 1")
-    need(lo.koleo_weight >= 0, "loss.koleo_weight", "must be >= 0 (0 = off)")
-    o = cfg.optim
-    need(o.base_lr > 0, "optim.base_lr", "must be > 0")
-    need(o.min_lr >= 0, "optim.min_lr", "must be >= 0")
-    need(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
-    need(0 <= o.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]")
-    need(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay", "must be >= 0")
-    need(o.warmup_epochs >= 0 and o.freeze_last_layer_epochs >= 0, "optim.warmup_epochs", "epochs must be >= 0")
-    need(lo.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0")
-    t = cfg.train
-    need(t.epochs >= 1, "train.epochs", "must be >= 1")
-    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-    need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = epoch ends only)")
-    need(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
-    need(t.collapse_check_every_steps >= 1, "train.collapse_check_every_steps", "must be >= 1")
-    need(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = run all epochs)")
-    need(t.cpu_threads >= 0, "train.cpu_threads", "must be >= 0 (0 = automatic)")
-    e = cfg.eval
-    need(all(k >= 1 for k in e.knn_k) and len(e.knn_k) > 0, "eval.knn_k", "must be a non-empty list of k >= 1")
-    need(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
-    need(e.knn_chunk_size >= 1 and e.knn_bank_chunk_size >= 1, "eval.knn_*chunk_size", "must be >= 1")
-    need(e.batch_size >= 1 and e.linear_epochs >= 1, "eval.batch_size", "batch size and linear_epochs must be >= 1")
-    need(
-        e.linear_lr > 0 and e.linear_n_last_blocks >= 1,
-        "eval.linear_lr",
-        "linear_lr must be > 0 and linear_n_last_blocks >= 1",
-    )
-    need(
-        0 < e.linear_crop_scale[0] <= e.linear_crop_scale[1] <= 1,
-        "eval.linear_crop_scale",
-        "needs 0 < low <= high <= 1",
-    )
-    need(
-        bool(e.online_knn_train) == bool(e.online_knn_val),
-        "eval.online_knn_train",
-        "online k-NN needs both eval.online_knn_train and eval.online_knn_val (labelled shard sets)",
-    )
-    need(e.online_knn_every_steps >= 0, "eval.online_knn_every_steps", "must be >= 0 (0 = every epoch end)")
-    need(e.online_knn_k >= 1, "eval.online_knn_k", "must be >= 1")
+    if not patch:
+        return
+    sizes = [("data.global_size", d.global_size), ("data.eval_crop", d.eval_crop)]
+    sizes += [("data.local_size", d.local_size)] if d.n_local > 0 else []
+    for key, size in sizes:
+        need(
+            size % patch == 0,
+            key,
+            f"{size} is not a multiple of the patch size {patch} of model.arch "
+            f"{m.arch} (use {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})",
+        )

@@ -19,7 +19,8 @@ PKG = ROOT / "dino_pipe"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
-    ("workspace", "sample_data"),  # the CLI's helpers: where a workspace keeps things; the demo data download
+    ("workspace", "sample_data", "render"),  # the CLI's helpers: where a workspace keeps things; the demo data
+    # download; how results are printed
     ("eval",),
     ("train",),
     ("data",),

@@ -90,7 +90,6 @@ def _summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
 def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 200, size: int = 112,
                       seed: int = 0) -> dict:
     """Each deliberate deviation alone, on the same crops and factors (grey levels, 0..255)."""
-    import torchvision.transforms.functional as TF
     from torchvision import transforms as T
 
     cfg = cfg or DataConfig()
@@ -102,19 +101,34 @@ def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 20
     b, c, s, h = cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue
     draws = [(rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c), rng.uniform(1 - s, 1 + s), rng.uniform(-h, h),
               rng.sample(range(4), 4)) for _ in crops]
+    out = _colour_deviations(crops, draws)
+    out.update(_blur_deviation(crops, [rng.uniform(*cfg.blur_sigma) for _ in crops]))
+    out.update(_interp_deviation(imgs, cfg))
+    return out
 
-    def tv_jitter(img, bf, cf, sf, hf, order):
-        for k in order:
-            img = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[k](
-                img, (bf, cf, sf, hf)[k]
-            )
-        return np.asarray(img)
+
+def _tv_jitter(img: Image.Image, bf: float, cf: float, sf: float, hf: float, order) -> np.ndarray:
+    """torchvision's ``ColorJitter`` with the given factors, ops in ``order`` (0 brightness, 1 contrast,
+    2 saturation, 3 hue), clipping after each."""
+    import torchvision.transforms.functional as TF
+
+    for k in order:
+        img = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[k](
+            img, (bf, cf, sf, hf)[k]
+        )
+    return np.asarray(img)
+
+
+def _colour_deviations(crops: list[Image.Image], draws: list[tuple]) -> dict:
+    """The jitter's deviations (order, contrast centre, YIQ hue, the whole jitter) and grayscale's, each
+    torchvision's op vs the formula DALI computes, on the same crops and factors ``draws``."""
+    import torchvision.transforms.functional as TF
 
     out = {}
     # 1. fixed order (saturation, hue, contrast, brightness) vs torchvision's random order; torchvision ops
     out["jitter_fixed_order"] = _summary(
         [
-            (tv_jitter(im, *d[:4], d[4]), tv_jitter(im, *d[:4], [2, 3, 1, 0]).astype(np.float64))
+            (_tv_jitter(im, *d[:4], d[4]), _tv_jitter(im, *d[:4], [2, 3, 1, 0]).astype(np.float64))
             for im, d in zip(crops, draws)
         ]
     )
@@ -136,20 +150,20 @@ def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 20
     #    jitter (default: contrast about the mean grey) and vs a single 128-centred color_twist
     out["jitter_total"] = _summary(
         [
-            (tv_jitter(im, *d[:4], d[4]), dali_jitter(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+            (_tv_jitter(im, *d[:4], d[4]), dali_jitter(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
             for im, d in zip(crops, draws)
         ]
     )
     out["jitter_total_centre_128"] = _summary(
         [
-            (tv_jitter(im, *d[:4], d[4]), color_twist(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
+            (_tv_jitter(im, *d[:4], d[4]), color_twist(np.asarray(im), d[0], d[1], d[2], 360 * d[3]))
             for im, d in zip(crops, draws)
         ]
     )
     # 4b. brightness + contrast only (no hue): what remains is order and clipping
     out["brightness_contrast_only"] = _summary(
         [
-            (tv_jitter(im, d[0], d[1], 1.0, 0.0, d[4]), dali_jitter(np.asarray(im), d[0], d[1]))
+            (_tv_jitter(im, d[0], d[1], 1.0, 0.0, d[4]), dali_jitter(np.asarray(im), d[0], d[1]))
             for im, d in zip(crops, draws)
         ]
     )
@@ -157,21 +171,29 @@ def deviation_effects(shardset, cfg: DataConfig | None = None, n_views: int = 20
     out["grayscale_via_saturation_0"] = _summary(
         [(np.asarray(im.convert("L").convert("RGB")), color_twist(np.asarray(im), saturation=0.0)) for im in crops]
     )
-    # 6. Gaussian blur: true Gaussian (DALI) vs PIL's box-blur approximation, sigma ~ U(blur_sigma)
-    sig = [rng.uniform(*cfg.blur_sigma) for _ in crops]
-    out["blur_gaussian_vs_pil"] = _summary(
+    return out
+
+
+def _blur_deviation(crops: list[Image.Image], sigmas: list[float]) -> dict:
+    """6. Gaussian blur: true Gaussian (DALI) vs PIL's box-blur approximation, on the first 80 crops."""
+    return {"blur_gaussian_vs_pil": _summary(
         [
             (np.asarray(im.filter(ImageFilter.GaussianBlur(radius=sg))), gaussian_blur(np.asarray(im), sg))
-            for im, sg in zip(crops[:80], sig)
+            for im, sg in zip(crops[:80], sigmas)
         ]
-    )
-    # 7. resize filter: PIL bicubic (reference) vs PIL bilinear (the data.interp="linear" option's filter)
+    )}
+
+
+def _interp_deviation(imgs: list[Image.Image], cfg: DataConfig) -> dict:
+    """7. resize filter: PIL bicubic (reference) vs PIL bilinear (the data.interp="linear" option's filter), on
+    local-crop windows of the first 40 images."""
+    from torchvision import transforms as T
+
     boxes = [(im, T.RandomResizedCrop.get_params(im, list(cfg.local_scale), [3 / 4, 4 / 3])) for im in imgs[:40]]
     pil = lambda im, b, f: np.asarray(im.crop((b[1], b[0], b[1] + b[3], b[0] + b[2])).resize((cfg.local_size,) * 2, f))  # noqa: E731
-    out["interp_linear_vs_bicubic"] = _summary(
+    return {"interp_linear_vs_bicubic": _summary(
         [(pil(im, b, Image.BICUBIC), pil(im, b, Image.BILINEAR).astype(np.float64)) for im, b in boxes]
-    )
-    return out
+    )}
 
 
 def resize_filter_effects(shardset, cfg: DataConfig | None = None, n_views: int = 192, seed: int = 0,

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
@@ -183,17 +183,50 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
 
     The random numbers (crop window, coins, factors) are drawn on the CPU as per-sample arguments;
     the pixel ops run on the device ``image`` lives on. ``flags`` (``debug=True``) is a float
-    vector per sample, ordered as :data:`FLAG_NAMES`.
+    vector per sample, ordered as :data:`FLAG_NAMES`. Each augmentation is one function below, applied
+    in the recipe's order; each random op's seed comes from the run seed, the view index and the op's name.
     """
     s = lambda what: op_seed(seed, index, what)  # noqa: E731
+    view, window = _crop(image, image_shape, spec, s)
+    one = _as_float(window[0]) * 0.0 + 1.0  # per-sample constant 1.0 (keeps flags ops free of RNG)
+    colour = _colour_factors(spec, s, one)
+    view = _colour(view, spec, colour, device, contrast_center)
+    view, blurred, sigma = _blur(view, spec, s, one)
+    view, solarized = _solarize(view, spec, s, one)
+    view, flip = _flip_normalize(view, spec, s, mean, std, dtype)
+    if not debug:
+        return view, None
+    flipped = _as_float(flip) if flip is not None else one * 0.0
+    area = (_as_float(window[0]) * _as_float(window[1])) / (_as_float(image_shape[0]) * _as_float(image_shape[1]))
+    flags = fn.stack(flipped, colour.jitter, colour.gray, blurred, sigma, solarized, area,
+                     colour.brightness, colour.contrast, colour.saturation, colour.hue)
+    return view, flags
+
+
+def _crop(image, image_shape, spec: ViewSpec, s):
+    """Random resized crop: a window of area ``U(spec.scale)`` and log-uniform aspect ratio, resized to
+    ``spec.size`` with the ``spec.interp`` filters -> ``(view, window [h, w])``."""
     anchor, window = fn.random_crop_generator(image_shape, random_area=list(spec.scale),
                                               random_aspect_ratio=list(spec.aspect_ratio), seed=s("crop"))
     view = fn.resize(image, size=[spec.size, spec.size], roi_start=_as_float(anchor),
                      roi_end=_as_float(anchor + window), roi_relative=False, antialias=True,
                      **resize_filters(spec.interp))
+    return view, window
 
-    # colour jitter (p) and grayscale (p): identity parameters when a coin says "off"
-    one = _as_float(window[0]) * 0.0 + 1.0  # per-sample constant 1.0 (keeps flags ops free of RNG)
+
+class ColourFactors(NamedTuple):
+    """Per-sample colour factors of one view (identity when a coin says "off"), and the two coins as 0/1."""
+
+    brightness: object
+    contrast: object
+    saturation: object
+    hue: object
+    jitter: object
+    gray: object
+
+
+def _colour_factors(spec: ViewSpec, s, one) -> ColourFactors:
+    """Colour jitter (p) and grayscale (p, as saturation 0) factors: identity parameters when a coin says "off"."""
     brightness = contrast = saturation = one
     hue = one * 0.0
     jitter = gray = one * 0.0
@@ -212,19 +245,27 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
     if spec.grayscale_p > 0:
         gray = _as_float(_coin(spec.grayscale_p, s("gray")))
         saturation = saturation * (1.0 - gray)
-    if spec.jitter_p > 0 or spec.grayscale_p > 0:
-        if contrast_center == "mean":
-            # saturation and a YIQ hue rotation keep the luma, so the crop's mean luma now is the
-            # view's mean grey when contrast is applied (torchvision's centre)
-            # (float in between: DALI's uint8 rounding costs more than the twist itself on the CPU)
-            center = mean_luma(view, device)
-            view = fn.color_twist(view, saturation=saturation, hue=hue, dtype=types.FLOAT)
-            view = fn.brightness_contrast(view, brightness=brightness, contrast=contrast, contrast_center=center,
-                                          dtype=types.UINT8)
-        else:
-            view = fn.color_twist(view, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    return ColourFactors(brightness, contrast, saturation, hue, jitter, gray)
 
-    # Gaussian blur: p = 1 unconditional; 0 < p < 1 under a DALI conditional (sigma 0 is refused)
+
+def _colour(view, spec: ViewSpec, f: ColourFactors, device: str, contrast_center: str):
+    """Apply the colour factors: saturation + hue, then contrast about ``contrast_center`` and brightness."""
+    if not (spec.jitter_p > 0 or spec.grayscale_p > 0):
+        return view
+    if contrast_center == "mean":
+        # saturation and a YIQ hue rotation keep the luma, so the crop's mean luma now is the
+        # view's mean grey when contrast is applied (torchvision's centre)
+        # (float in between: DALI's uint8 rounding costs more than the twist itself on the CPU)
+        center = mean_luma(view, device)
+        view = fn.color_twist(view, saturation=f.saturation, hue=f.hue, dtype=types.FLOAT)
+        return fn.brightness_contrast(view, brightness=f.brightness, contrast=f.contrast, contrast_center=center,
+                                      dtype=types.UINT8)
+    return fn.color_twist(view, brightness=f.brightness, contrast=f.contrast, saturation=f.saturation, hue=f.hue)
+
+
+def _blur(view, spec: ViewSpec, s, one):
+    """Gaussian blur, sigma ``U(spec.blur_sigma)``: p = 1 unconditional; 0 < p < 1 under a DALI conditional
+    (sigma 0 is refused) -> ``(view, blurred 0/1, sigma or 0)``."""
     blurred = one * 0.0
     sigma = one * 0.0
     if spec.blur_p > 0:
@@ -237,14 +278,23 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
             if _as_bool(blurred):
                 view = fn.gaussian_blur(view, sigma=sigma)
         sigma = sigma * blurred
+    return view, blurred, sigma
 
+
+def _solarize(view, spec: ViewSpec, s, one):
+    """Solarization (``x >= 128 -> 255 - x``) with probability ``spec.solarize_p`` -> ``(view, solarized 0/1)``."""
     solarized = one * 0.0
     if spec.solarize_p > 0:
         solarized = _as_float(_coin(spec.solarize_p, s("solarize")))
         if _as_bool(solarized):
             view = fn.lookup_table(view, keys=list(range(256)), values=_SOLARIZE_LUT,
                                    dtype=types.UINT8, default_value=0)
+    return view, solarized
 
+
+def _flip_normalize(view, spec: ViewSpec, s, mean: Sequence[float], std: Sequence[float], dtype):
+    """Horizontal flip (p), ``(x / 255 - mean) / std``, HWC -> CHW and the output dtype in one op
+    -> ``(view, flip coin or None)``."""
     flip = _coin(spec.flip_p, s("flip")) if spec.flip_p > 0 else None
     cmn = dict(mean=[255.0 * m for m in mean], std=[255.0 * v for v in std], output_layout="CHW", dtype=dtype)
     view = (
@@ -252,14 +302,7 @@ def view_ops(image, image_shape, spec: ViewSpec, *, index: int, seed: int, mean:
         if flip is not None
         else fn.crop_mirror_normalize(view, **cmn)
     )
-
-    if not debug:
-        return view, None
-    flipped = _as_float(flip) if flip is not None else one * 0.0
-    area = (_as_float(window[0]) * _as_float(window[1])) / (_as_float(image_shape[0]) * _as_float(image_shape[1]))
-    flags = fn.stack(flipped, jitter, gray, blurred, sigma, solarized, area,
-                     brightness, contrast, saturation, hue)
-    return view, flags
+    return view, flip
 
 
 @pipeline_def(enable_conditionals=True)

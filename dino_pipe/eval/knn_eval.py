@@ -81,57 +81,92 @@ def _extract_split(job: KnnJob, cfg: Config, model, split: str, ctx: WorkerConte
     return local, n
 
 
+@dataclass
+class _Features:
+    """What the classification needs on one rank: its share of the train bank, every val query, the set sizes."""
+
+    bank: Any
+    bank_labels: Any
+    queries: Any
+    query_labels: Any
+    n_train: int
+    n_val: int
+
+
 def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
+    """One rank: features (loaded or extracted), then k-NN over the sharded bank; the result on rank 0."""
     cfg = config_from_dict(job.config)
     t0 = time.perf_counter()
-    if job.load_features:
-        n_train = read_feature_metadata(feature_file(job.load_features, "train"))[1]
-        train = load_features(feature_file(job.load_features, "train"), rows=rank_rows(n_train, ctx))
-        val = load_features(feature_file(job.load_features, "val"))
-        bank, bank_labels = train.features.to(ctx.device), train.labels.to(ctx.device)
-        queries, query_labels = val.features.to(ctx.device), val.labels
-        n_val = val.num_rows
-    else:
-        from dino_pipe.eval.trained_backbone import load_backbone
-
-        model = load_backbone(job.checkpoint, job.which, random_init=job.random_init, seed=cfg.train.seed,
-                              random_model=cfg.model).model
-        model.to(ctx.device)
-        local_train, n_train = _extract_split(job, cfg, model, "train", ctx)
-        local_val, n_val = _extract_split(job, cfg, model, "val", ctx)
-        del model
-        if job.save_features:
-            meta = {
-                "checkpoint": job.source,
-                "shardsets": job.shardsets,
-                "eval_resize": cfg.data.eval_resize,
-                "eval_crop": cfg.data.eval_crop,
-                "normalized": True,
-                "num_classes": job.shardsets["train"]["num_classes"],
-                "classes": job.shardsets["train"].get("classes", []),
-            }
-            for split, local, n in (("train", local_train, n_train), ("val", local_val, n_val)):
-                ordered = gather_ordered(local, n, ctx, dst=0)
-                if ctx.is_main:
-                    save_features(
-                        feature_file(job.save_features, split), ordered[0], ordered[1], {**meta, "split": split}
-                    )
-                del ordered
-        bank, bank_labels = local_train.features, local_train.labels.to(ctx.device)
-        queries, query_labels = gather_ordered(local_val, n_val, ctx)
+    feats = _loaded_features(job, ctx) if job.load_features else _extracted_features(job, cfg, ctx)
     t_features = time.perf_counter() - t0
-
-    num_classes = int(job.shardsets["train"]["num_classes"])
-    ks = sorted({min(k, n_train) for k in job.ks})
     t1 = time.perf_counter()
-    with make_progress("query", disable=not ctx.is_main) as bar:
-        task = bar.add_task("k-NN", total=n_val)
-        scores = knn_classify(queries, query_labels, bank, bank_labels, num_classes=num_classes, ks=ks,
-                              temperature=job.temperature, query_chunk=cfg.eval.knn_chunk_size,
-                              bank_chunk=cfg.eval.knn_bank_chunk_size, progress=lambda b: bar.advance(task, b))
+    scores = _classify(job, cfg, ctx, feats)
     t_knn = time.perf_counter() - t1
     if not ctx.is_main:
         return None
+    return _knn_result(job, cfg, ctx, feats, scores, {"features": round(t_features, 3), "knn": round(t_knn, 3)})
+
+
+def _loaded_features(job: KnnJob, ctx: WorkerContext) -> _Features:
+    """Features saved by ``--save-features``: this rank's rows of the train bank, all val rows."""
+    n_train = read_feature_metadata(feature_file(job.load_features, "train"))[1]
+    train = load_features(feature_file(job.load_features, "train"), rows=rank_rows(n_train, ctx))
+    val = load_features(feature_file(job.load_features, "val"))
+    return _Features(train.features.to(ctx.device), train.labels.to(ctx.device), val.features.to(ctx.device),
+                     val.labels, n_train, val.num_rows)
+
+
+def _extracted_features(job: KnnJob, cfg: Config, ctx: WorkerContext) -> _Features:
+    """Features from the network: each rank extracts its share of both sets (saved when asked); the val
+    features are then gathered on every rank, the train bank stays sharded."""
+    from dino_pipe.eval.trained_backbone import load_backbone
+
+    model = load_backbone(job.checkpoint, job.which, random_init=job.random_init, seed=cfg.train.seed,
+                          random_model=cfg.model).model
+    model.to(ctx.device)
+    local_train, n_train = _extract_split(job, cfg, model, "train", ctx)
+    local_val, n_val = _extract_split(job, cfg, model, "val", ctx)
+    del model
+    if job.save_features:
+        _save_split_features(job, cfg, ctx, (("train", local_train, n_train), ("val", local_val, n_val)))
+    queries, query_labels = gather_ordered(local_val, n_val, ctx)
+    return _Features(local_train.features, local_train.labels.to(ctx.device), queries, query_labels, n_train, n_val)
+
+
+def _save_split_features(job: KnnJob, cfg: Config, ctx: WorkerContext, splits: tuple) -> None:
+    """``--save-features``: each split's features gathered in set order on rank 0 and written with their metadata."""
+    meta = {
+        "checkpoint": job.source,
+        "shardsets": job.shardsets,
+        "eval_resize": cfg.data.eval_resize,
+        "eval_crop": cfg.data.eval_crop,
+        "normalized": True,
+        "num_classes": job.shardsets["train"]["num_classes"],
+        "classes": job.shardsets["train"].get("classes", []),
+    }
+    for split, local, n in splits:
+        ordered = gather_ordered(local, n, ctx, dst=0)
+        if ctx.is_main:
+            save_features(
+                feature_file(job.save_features, split), ordered[0], ordered[1], {**meta, "split": split}
+            )
+        del ordered
+
+
+def _classify(job: KnnJob, cfg: Config, ctx: WorkerContext, feats: _Features):
+    """Weighted k-NN of every query against the sharded bank, for every k (clipped to the bank size)."""
+    num_classes = int(job.shardsets["train"]["num_classes"])
+    ks = sorted({min(k, feats.n_train) for k in job.ks})
+    with make_progress("query", disable=not ctx.is_main) as bar:
+        task = bar.add_task("k-NN", total=feats.n_val)
+        return knn_classify(feats.queries, feats.query_labels, feats.bank, feats.bank_labels, num_classes=num_classes,
+                            ks=ks, temperature=job.temperature, query_chunk=cfg.eval.knn_chunk_size,
+                            bank_chunk=cfg.eval.knn_bank_chunk_size, progress=lambda b: bar.advance(task, b))
+
+
+def _knn_result(job: KnnJob, cfg: Config, ctx: WorkerContext, feats: _Features, scores, seconds: dict) -> dict:
+    """The result dict: protocol, sources, accuracies (overall and per class) per k, timings."""
+    n_train, num_classes = feats.n_train, int(job.shardsets["train"]["num_classes"])
     acc, per_class = scores.accuracy(), scores.class_accuracy()
     return {
         "protocol": "knn",
@@ -149,8 +184,8 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
             "weights": "exp(similarity / T)",
             "feature_dtype": cfg.eval.feature_dtype
             if not job.load_features
-            else str(queries.dtype).replace("torch.", ""),
-            "feature_dim": int(queries.shape[1]),
+            else str(feats.queries.dtype).replace("torch.", ""),
+            "feature_dim": int(feats.queries.shape[1]),
             "normalized": True,
         },
         "results": [
@@ -161,7 +196,7 @@ def _knn_worker(ctx: WorkerContext, job: KnnJob) -> dict | None:
         "features": {"saved": job.save_features, "loaded": job.load_features},
         "world_size": ctx.world_size,
         "device": ctx.device.type,
-        "seconds": {"features": round(t_features, 3), "knn": round(t_knn, 3)},
+        "seconds": seconds,
     }
 
 

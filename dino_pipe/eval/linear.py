@@ -173,15 +173,72 @@ def _val_features(probe: ProbeFeatures, job: LinearJob, cfg: Config, ctx: Worker
     return local.features, local.labels.to(ctx.device), loader.num_samples
 
 
+@dataclass
+class _ProbeRun:
+    """One rank's linear probe: the frozen features, the head and its optimizer, the train loader, and the
+    epochs so far (``history``; ``resumed_from``: the epoch a resume started at)."""
+
+    job: LinearJob
+    cfg: Config
+    probe: ProbeFeatures
+    head: LinearClassifier
+    optimizer: Any
+    schedule: Any
+    train_loader: Any
+    lr: float
+    global_batch: int
+    fingerprint: dict
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.job.out)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+
 def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
+    """One rank: set the probe up (resuming when a state is there), train it epoch by epoch with a val
+    measurement and a saved state after each, and return the result on rank 0."""
     from torch.nn.parallel import DistributedDataParallel
 
+    run = _setup_probe(ctx, job)
+    if run.state_path.is_file():
+        _resume(run, ctx)
+    epochs = run.cfg.eval.linear_epochs
+    start_epoch = run.resumed_from or 0
+    model = DistributedDataParallel(run.head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else run.head
+    val = _val_features(run.probe, job, run.cfg, ctx) if start_epoch < epochs else (None, None, 0)
+    for epochs_run, epoch in enumerate(range(start_epoch, epochs)):
+        if job.stop_after is not None and epochs_run >= job.stop_after:
+            break
+        t0 = time.perf_counter()
+        lr_now = run.optimizer.param_groups[0]["lr"]
+        loss_sum = _train_epoch(run, model, ctx, epoch)
+        run.schedule.step()
+        run.history.append(_epoch_record(run, ctx, val, epoch, lr_now, loss_sum, t0))
+        _save_progress(run, ctx, epoch)
+        if ctx.distributed:
+            dist.barrier()
+    run.train_loader.close()
+    if not ctx.is_main:
+        return None
+    final = _linear_result(run, ctx, complete=len(run.history) == epochs)
+    atomic_write_json(run.out / RESULT_FILE, final)
+    return final
+
+
+def _setup_probe(ctx: WorkerContext, job: LinearJob) -> _ProbeRun:
+    """The frozen backbone's probe features, a fresh head (seeded), SGD with the scaled lr, the cosine
+    schedule and the train loader."""
     from dino_pipe.eval.trained_backbone import load_backbone
 
     cfg = config_from_dict(job.config)
     e = cfg.eval
-    out = Path(job.out)
-    state_path = out / STATE_FILE
     num_classes = int(job.shardsets["train"]["num_classes"])
     backbone = load_backbone(job.checkpoint, job.which, random_init=job.random_init, seed=cfg.train.seed).model
     probe = ProbeFeatures(backbone, e.linear_n_last_blocks if is_vit(cfg.model.arch) else 1,
@@ -196,134 +253,137 @@ def _linear_worker(ctx: WorkerContext, job: LinearJob) -> dict | None:
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=e.linear_epochs, eta_min=0.0)
     train_loader = probe_train_loader(job.train, cfg, ctx, e.batch_size)
-    fingerprint = _fingerprint(job, cfg, ctx.world_size)
+    return _ProbeRun(job=job, cfg=cfg, probe=probe, head=head, optimizer=optimizer, schedule=schedule,
+                     train_loader=train_loader, lr=lr, global_batch=global_batch,
+                     fingerprint=_fingerprint(job, cfg, ctx.world_size))
 
-    history: list[dict] = []
-    start_epoch = 0
-    resumed_from = None
-    if state_path.is_file():
-        damaged = (
-            f"{state_path}: damaged or not a linear-probe state ({{}}); delete it to restart the probe from epoch 0"
-        )
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, garbage, or a pickle that is not plain data
-            if isinstance(e, PermissionError):
-                raise
-            raise UserError(damaged.format((str(e).strip().splitlines() or [type(e).__name__])[0][:160])) from None
-        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
-            raise UserError(damaged.format("no probe fingerprint in it"))
-        if state.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in fingerprint if (state.get("fingerprint") or {}).get(k) != fingerprint[k])
-            raise UserError(f"{state_path}: a linear probe with other settings ({', '.join(diff)}) is there; "
-                            "use another --out or delete the folder")
-        try:
-            head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            start_epoch = resumed_from = int(state["epoch"])
-            history = list(state["history"])
-            loader_states = state["loader_ranks"]
-            train_loader.load_state_dict(loader_states[ctx.rank])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(
-                damaged.format(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")
-            ) from None
 
-    model = DistributedDataParallel(head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else head
-    val_feats, val_labels, n_val = (
-        _val_features(probe, job, cfg, ctx) if start_epoch < e.linear_epochs else (None, None, 0)
+def _resume(run: _ProbeRun, ctx: WorkerContext) -> None:
+    """Continue from ``OUT/linear_state.pt``: head, optimizer, schedule, history, this rank's loader position and
+    the RNG; a damaged state or one of other settings is a UserError saying what to do."""
+    state_path = run.state_path
+    damaged = (
+        f"{state_path}: damaged or not a linear-probe state ({{}}); delete it to restart the probe from epoch 0"
+    )
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage, or a pickle that is not plain data
+        if isinstance(e, PermissionError):
+            raise
+        raise UserError(damaged.format((str(e).strip().splitlines() or [type(e).__name__])[0][:160])) from None
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
+        raise UserError(damaged.format("no probe fingerprint in it"))
+    fingerprint = run.fingerprint
+    if state.get("fingerprint") != fingerprint:
+        diff = sorted(k for k in fingerprint if (state.get("fingerprint") or {}).get(k) != fingerprint[k])
+        raise UserError(f"{state_path}: a linear probe with other settings ({', '.join(diff)}) is there; "
+                        "use another --out or delete the folder")
+    try:
+        run.head.load_state_dict(state["head"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["schedule"])
+        run.resumed_from = int(state["epoch"])
+        run.history = list(state["history"])
+        loader_states = state["loader_ranks"]
+        run.train_loader.load_state_dict(loader_states[ctx.rank])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(
+            damaged.format(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")
+        ) from None
+
+
+def _train_epoch(run: _ProbeRun, model: nn.Module, ctx: WorkerContext, epoch: int) -> Tensor:
+    """One pass over the train loader: cross-entropy of the head on frozen features, SGD steps
+    -> ``[sum of losses, samples]`` of this rank."""
+    e, probe, optimizer = run.cfg.eval, run.probe, run.optimizer
+    run.head.train()
+    loss_sum = torch.zeros(2, device=ctx.device)  # [sum of losses, samples]
+    with make_progress("img", disable=not ctx.is_main) as bar:
+        task = bar.add_task(f"linear epoch {epoch + 1}/{e.linear_epochs}", total=len(run.train_loader) * e.batch_size)
+        for batch in run.train_loader:
+            if batch.labels is None:
+                raise UserError(f"shard set {run.job.train}: unlabeled; the linear probe needs class labels")
+            feats = probe(batch.views[0].to(ctx.device, input_dtype(probe)))
+            labels = batch.labels.to(ctx.device)
+            loss = F.cross_entropy(model(feats), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += torch.stack(
+                [loss.detach() * labels.numel(), torch.tensor(float(labels.numel()), device=ctx.device)]
+            )
+            bar.advance(task, labels.numel())
+    return loss_sum
+
+
+def _epoch_record(run: _ProbeRun, ctx: WorkerContext, val: tuple, epoch: int, lr_now: float, loss_sum: Tensor,
+                  t0: float) -> dict:
+    """Val top-1 / top-5 of the head on the cached val features and the mean train loss, summed over ranks."""
+    val_feats, val_labels, n_val = val
+    run.head.eval()
+    with torch.no_grad():
+        c1, c5 = topk_correct(run.head(val_feats), val_labels)
+    counts = torch.tensor([c1, c5], dtype=torch.float64, device=ctx.device)
+    if ctx.distributed:
+        dist.all_reduce(counts)
+        dist.all_reduce(loss_sum)
+    return {"epoch": epoch + 1, "lr": lr_now, "train_loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)),
+            "top1": 100.0 * float(counts[0]) / n_val, "top5": 100.0 * float(counts[1]) / n_val,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _save_progress(run: _ProbeRun, ctx: WorkerContext, epoch: int) -> None:
+    """After an epoch: every rank's loader state gathered; rank 0 writes the state and ``linear.json``
+    (atomically) and prints the epoch's line."""
+    loader_states = _gather_objects(run.train_loader.state_dict(), ctx)
+    if not ctx.is_main:
+        return
+    _save_state(run.state_path, {"fingerprint": run.fingerprint, "epoch": epoch + 1, "head": run.head.state_dict(),
+                                 "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+                                 "history": run.history, "loader_ranks": loader_states,
+                                 "torch_rng": torch.get_rng_state()})
+    atomic_write_json(run.out / RESULT_FILE, _linear_result(run, ctx, complete=epoch + 1 == run.cfg.eval.linear_epochs))
+    h = run.history[-1]
+    from dino_pipe.progress import console
+
+    console.print(
+        f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  top-1 {h['top1']:.2f}  top-5 {h['top5']:.2f}"
     )
 
-    def result(complete: bool) -> dict:
-        best = max(history, key=lambda h: (h["top1"], h["top5"])) if history else None
-        return {
-            "protocol": "linear",
-            "checkpoint": job.source,
-            "data": {**job.shardsets, "eval_resize": cfg.data.eval_resize, "eval_crop": cfg.data.eval_crop},
-            "linear": {
-                "epochs": e.linear_epochs,
-                "lr": lr,
-                "lr_per_256": e.linear_lr,
-                "global_batch_size": global_batch,
-                "optimizer": "sgd",
-                "momentum": e.linear_momentum,
-                "weight_decay": e.linear_weight_decay,
-                "schedule": "cosine per epoch to 0",
-                "n_last_blocks": probe.n_last_blocks if probe.vit else None,
-                "avgpool_patchtokens": probe.avgpool_patchtokens if probe.vit else None,
-                "feature_dim": probe.dim,
-                "crop_scale": list(e.linear_crop_scale),
-                "flip_p": 0.5,
-            },
-            "epochs": history,
-            "best": best,
-            "final": history[-1] if history else None,
-            "resumed_from_epoch": resumed_from,
-            "complete": complete,
-            "world_size": ctx.world_size,
-            "device": ctx.device.type,
-            "output_dir": str(out),
-        }
 
-    epochs_run = 0
-    for epoch in range(start_epoch, e.linear_epochs):
-        if job.stop_after is not None and epochs_run >= job.stop_after:
-            break
-        t0 = time.perf_counter()
-        head.train()
-        loss_sum = torch.zeros(2, device=ctx.device)  # [sum of losses, samples]
-        lr_now = optimizer.param_groups[0]["lr"]
-        with make_progress("img", disable=not ctx.is_main) as bar:
-            task = bar.add_task(f"linear epoch {epoch + 1}/{e.linear_epochs}", total=len(train_loader) * e.batch_size)
-            for batch in train_loader:
-                if batch.labels is None:
-                    raise UserError(f"shard set {job.train}: unlabeled; the linear probe needs class labels")
-                feats = probe(batch.views[0].to(ctx.device, input_dtype(probe)))
-                labels = batch.labels.to(ctx.device)
-                loss = F.cross_entropy(model(feats), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += torch.stack(
-                    [loss.detach() * labels.numel(), torch.tensor(float(labels.numel()), device=ctx.device)]
-                )
-                bar.advance(task, labels.numel())
-        schedule.step()
-        head.eval()
-        with torch.no_grad():
-            c1, c5 = topk_correct(head(val_feats), val_labels)
-        counts = torch.tensor([c1, c5], dtype=torch.float64, device=ctx.device)
-        if ctx.distributed:
-            dist.all_reduce(counts)
-            dist.all_reduce(loss_sum)
-        history.append({"epoch": epoch + 1, "lr": lr_now, "train_loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)),
-                        "top1": 100.0 * float(counts[0]) / n_val, "top5": 100.0 * float(counts[1]) / n_val,
-                        "seconds": round(time.perf_counter() - t0, 3)})
-        loader_states = _gather_objects(train_loader.state_dict(), ctx)
-        if ctx.is_main:
-            _save_state(state_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "head": head.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                     "history": history, "loader_ranks": loader_states,
-                                     "torch_rng": torch.get_rng_state()})
-            atomic_write_json(out / RESULT_FILE, result(complete=epoch + 1 == e.linear_epochs))
-            h = history[-1]
-            from dino_pipe.progress import console
-
-            console.print(
-                f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  top-1 {h['top1']:.2f}  top-5 {h['top5']:.2f}"
-            )
-        epochs_run += 1
-        if ctx.distributed:
-            dist.barrier()
-    train_loader.close()
-    if not ctx.is_main:
-        return None
-    final = result(complete=len(history) == e.linear_epochs)
-    atomic_write_json(out / RESULT_FILE, final)
-    return final
+def _linear_result(run: _ProbeRun, ctx: WorkerContext, complete: bool) -> dict:
+    """The result dict (``linear.json``): protocol, sources, every epoch, the best and the last."""
+    cfg, e, probe, history = run.cfg, run.cfg.eval, run.probe, run.history
+    best = max(history, key=lambda h: (h["top1"], h["top5"])) if history else None
+    return {
+        "protocol": "linear",
+        "checkpoint": run.job.source,
+        "data": {**run.job.shardsets, "eval_resize": cfg.data.eval_resize, "eval_crop": cfg.data.eval_crop},
+        "linear": {
+            "epochs": e.linear_epochs,
+            "lr": run.lr,
+            "lr_per_256": e.linear_lr,
+            "global_batch_size": run.global_batch,
+            "optimizer": "sgd",
+            "momentum": e.linear_momentum,
+            "weight_decay": e.linear_weight_decay,
+            "schedule": "cosine per epoch to 0",
+            "n_last_blocks": probe.n_last_blocks if probe.vit else None,
+            "avgpool_patchtokens": probe.avgpool_patchtokens if probe.vit else None,
+            "feature_dim": probe.dim,
+            "crop_scale": list(e.linear_crop_scale),
+            "flip_p": 0.5,
+        },
+        "epochs": history,
+        "best": best,
+        "final": history[-1] if history else None,
+        "resumed_from_epoch": run.resumed_from,
+        "complete": complete,
+        "world_size": ctx.world_size,
+        "device": ctx.device.type,
+        "output_dir": str(run.out),
+    }
 
 
 def evaluate_linear(

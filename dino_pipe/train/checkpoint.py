@@ -16,7 +16,7 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
      "config": cfg.to_dict(), "step": int, "epoch": int, "world_size": int,
      "student": {"backbone.<timm key>": Tensor, ..., "head.<key>": Tensor},
      "teacher": {... same keys ...},
-     "optimizer": ..., "scaler": ..., "center": Tensor [1, out_dim],
+     "optimizer": ..., "scaler": ..., "objective": {"dino.center": Tensor [1, out_dim]},
      "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...],
      "data_identity": str, "data_path": str}   (what the shard set holds, by content; where it was)
 
@@ -25,8 +25,10 @@ moment leaves either the previous checkpoints or the new one, never a torn file.
 
 :class:`CheckpointManager` is the training side (when to save, what each rank contributes, resume);
 :func:`read_checkpoint` the reading side that evaluation uses (through :mod:`dino_pipe.eval.inputs`).
-The trainer contributes ``student``/``teacher``/``optimizer``/``scaler``/``center``
-(``DINOTrainer.state_dict``), the loader its position (``ViewLoader.state_dict``).
+The trainer contributes ``student``/``teacher``/``optimizer``/``scaler``/``objective`` (the objective's own
+``state_dict``; ``DINOTrainer.state_dict``), the loader its position (``ViewLoader.state_dict``).
+Checkpoints written before the objective owned its state kept the centre as ``"center"``;
+:func:`load_checkpoint` maps such keys to today's layout (:data:`RENAMED_KEYS`), so they still resume.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ from dino_pipe.train.run_dir import (  # noqa: F401  (the run folder's layout, r
 
 CHECKPOINT_FORMAT = "dino-pipe-checkpoint"
 CHECKPOINT_VERSION = 1
+RENAMED_KEYS = {"center": ("objective", "dino.center")}
+"""Top-level keys of older checkpoints -> (section, key) in today's layout (the centre moved into the objective's
+state)."""
 
 
 def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
@@ -116,6 +121,14 @@ def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
     for key in ("config", "step", "student", "teacher"):
         if key not in ckpt:
             raise UserError(f"{p}: damaged checkpoint (no '{key}' entry)")
+    return upgrade_layout(ckpt)
+
+
+def upgrade_layout(ckpt: dict) -> dict:
+    """``ckpt`` with the keys of older layouts moved to today's (:data:`RENAMED_KEYS`), in place."""
+    for old, (section, key) in RENAMED_KEYS.items():
+        if old in ckpt:
+            ckpt.setdefault(section, {}).setdefault(key, ckpt.pop(old))
     return ckpt
 
 
@@ -174,7 +187,7 @@ def _per_rank(ckpt: dict, key: str, rank: int, world_size: int) -> Any:
 class CheckpointManager:
     """A run's checkpoints: the latest one and whether it may be resumed, restoring it, when to
     save, and what each rank contributes to a save (the trainer's model, optimizer, scaler and
-    centre; every rank's loader position and RNG states), written atomically with the newest
+    objective state; every rank's loader position and RNG states), written atomically with the newest
     ``train.keep_checkpoints`` kept. ``last`` is the newest checkpoint of the run (None before one)."""
 
     def __init__(self, run_dir: Path, cfg, env, data_identity: str | None = None, data_path: str | None = None):

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from dino_pipe.atomic import append_jsonl, atomic_write_text, read_jsonl
 from dino_pipe.config import Config
+from dino_pipe.data.recipe import multicrop_recipe, n_global_views
 from dino_pipe.train.diagnostics import CollapseMonitor, PartialCollapseWatch
 from dino_pipe.train.distributed import DistEnv
 
@@ -48,6 +49,8 @@ class MetricsLogger:
         self.last_check_step = start_step
         self.tb = self._tensorboard()
         self.last_loss = float("nan")
+        self.last_terms: dict[str, float] = {}  # the objective's named terms at the last logged step
+        self.n_global = n_global_views(multicrop_recipe(cfg.data))
         self.window_t, self.window_wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.total_wait, self.t_loop = 0.0, time.perf_counter()
         self.rates: dict[str, float] = {"images_per_s": 0.0, "data_wait_pct": 0.0}
@@ -100,7 +103,8 @@ class MetricsLogger:
             self._log(step, res)
         if log_now:
             v, r = res.values, self.rates
-            self.logged_info = (f"step {step}: loss {self.last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
+            self.logged_info = (f"step {step}: loss {self.last_loss:.4f}{_terms_text(self.last_terms)} "
+                                f"lr {v['lr']:.2e} wd {v['wd']:.3f} "
                                 f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
                                 f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%")
         if self.online is not None and self.online.due(step, self.steps_per_epoch, self.stop_at):
@@ -129,7 +133,7 @@ class MetricsLogger:
     # -- pieces ---------------------------------------------------------------------------------
 
     def _collapse_check(self, step: int) -> None:
-        window_images = 2 * self.cfg.data.batch_size * (step - self.last_check_step)  # this rank's teacher outputs
+        window_images = self.n_global * self.cfg.data.batch_size * (step - self.last_check_step)  # teacher outputs
         self.last_check_step = step
         self.collapse_stats = self.monitor.summary()
         warning = self.monitor.warning(self.collapse_stats) if self.env.is_main else None
@@ -187,12 +191,13 @@ class MetricsLogger:
 
     def _log(self, step: int, res) -> None:
         self.last_loss = float(res.loss)
+        self.last_terms = {k: float(v) for k, v in res.terms.items() if k.startswith("loss_")}
         now = time.perf_counter()
         dt = max(now - self.window_t, 1e-9)
         self.rates = {"images_per_s": self.window_steps * self.images_per_step / dt,
                       "data_wait_pct": 100.0 * self.window_wait / dt}
         self.window_t, self.window_wait, self.window_steps = now, 0.0, 0
-        record = {"step": step, "epoch": step / self.steps_per_epoch, "loss": self.last_loss,
+        record = {"step": step, "epoch": step / self.steps_per_epoch, "loss": self.last_loss, **self.last_terms,
                   **res.values, "grad_norm": float(res.grad_norm), **self.rates, **self.collapse_stats,
                   "time": time.time()}
         if self.env.is_main:
@@ -221,3 +226,10 @@ class MetricsLogger:
         except Exception:  # tensorboard not installed: metrics.jsonl only
             return None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+
+def _terms_text(terms: dict[str, float]) -> str:
+    """The progress line's named loss terms, `` (dino 5.1234 koleo -1.2345)``; empty without terms."""
+    if not terms:
+        return ""
+    return " (" + " ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in terms.items()) + ")"

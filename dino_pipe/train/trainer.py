@@ -12,10 +12,10 @@
 
 Host syncs. Only a step called with ``sync=True`` (the loop's logging and checkpoint steps) waits for
 the device: it reads the total loss and stops on NaN/Inf before updating anything. Other steps queue their
-work and return at once: the loss, its named terms and the gradient norm stay device tensors, clipping and the loss use
-fixed shapes and Python counts, and a non-finite loss is recorded on the device (first bad step and
-value) and raised by the next sync step, which the loop runs before any checkpoint, so no checkpoint
-ever holds weights updated by a non-finite loss.
+work and return at once: the loss, its named terms (averaged over ranks in one all-reduce) and the gradient
+norm stay device tensors, clipping and the loss use fixed shapes and Python counts, and a non-finite loss is
+recorded on the device (first bad step and value) and raised by the next sync step, which the loop runs
+before any checkpoint, so no checkpoint ever holds weights updated by a non-finite loss.
 
 Mixed precision: ``bf16`` autocast (no scaler) or ``fp16`` autocast with a GradScaler on the GPU;
 ``fp32`` on the CPU. ``train.compile`` wraps the forward passes in ``torch.compile``.
@@ -65,7 +65,7 @@ class StepResult:
     loss: torch.Tensor  # 0-d, mean over ranks, on the device (float() it only when logging)
     terms: dict  # the objective's named terms ("loss_dino", "loss_koleo", ...): 0-d, mean over ranks, on the device
     grad_norm: torch.Tensor  # before clipping (0-d, on the device; float() it only when logging)
-    teacher_probs: torch.Tensor  # [2B, K] centered/sharpened teacher softmax (for diagnostics)
+    teacher_probs: torch.Tensor  # [G*B, K] centered/sharpened teacher softmax (for diagnostics)
     values: dict  # the schedule values used: lr, wd, momentum, teacher_temp
 
 

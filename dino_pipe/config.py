@@ -72,7 +72,7 @@ class DataConfig:
     is ignored; the learning rate scales with it (lr = optim.base_lr x global batch / 256). 0 = data.batch_size
     per process."""
     global_size: int = 224
-    """Side of the two global crops (pixels)."""
+    """Side of the global crops (pixels)."""
     global_scale: tuple[float, float] = (0.4, 1.0)
     """Area range of a global crop, as a share of the image."""
     local_size: int = 96
@@ -99,12 +99,13 @@ class DataConfig:
     """Probability of converting a view to grey."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     """Gaussian blur sigma range."""
-    blur_p_global: tuple[float, float] = (1.0, 0.1)
-    """Blur probability of the first and second global crop."""
+    blur_p_global: tuple[float, ...] = (1.0, 0.1)
+    """Blur probability of each global crop, one entry per global crop: the number of entries is the number of
+    global crops (the teacher's views; DINO: 2), the same as in solarize_p_global."""
     blur_p_local: float = 0.5
     """Blur probability of a local crop."""
-    solarize_p_global: tuple[float, float] = (0.0, 0.2)
-    """Solarization probability of the first and second global crop."""
+    solarize_p_global: tuple[float, ...] = (0.0, 0.2)
+    """Solarization probability of each global crop, one entry per global crop (as blur_p_global)."""
     solarize_p_local: float = 0.0
     """Solarization probability of a local crop."""
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -154,6 +155,10 @@ class DataConfig:
             need(0.0 <= getattr(self, name) <= 1.0, f"data.{name}", "must be a probability in [0, 1]")
         for name in ("blur_p_global", "solarize_p_global"):
             need(all(0.0 <= p <= 1.0 for p in getattr(self, name)), f"data.{name}", "must be probabilities in [0, 1]")
+        need(len(self.blur_p_global) == len(self.solarize_p_global) >= 1
+             and len(self.blur_p_global) + self.n_local >= 2, "data.blur_p_global",
+             "needs one entry per global crop, as many as data.solarize_p_global (at least 1), "
+             "and at least 2 crops in all with data.n_local")
         for name in ("brightness", "contrast", "saturation"):
             need(getattr(self, name) >= 0, f"data.{name}", "must be >= 0")
         need(0 <= self.hue <= 0.5, "data.hue", "must be in [0, 0.5]")

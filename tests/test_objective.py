@@ -79,3 +79,54 @@ def test_gradient_reaches_student_only_and_same_view_pairs_skipped():
     q = torch.softmax(swapped_teacher / 0.04, -1)
     want = -(q * torch.log_softmax(s2 / 0.1, -1)).sum(-1).mean()
     torch.testing.assert_close(got, want)
+
+
+def _previous_loss(cfg, student_out, teacher_out, embed, tau):
+    """The loss as the trainer computed it before the objective was one module (DINO term + KoLeo inline)."""
+    from dino_pipe.objective.koleo import koleo_loss
+
+    fn = DINOLoss(student_out.shape[1], student_temp=cfg.student_temp, center_momentum=cfg.center_momentum,
+                  centering=cfg.centering, sinkhorn_iters=cfg.sinkhorn_iters)
+    loss = fn.cross_entropy(student_out, fn.teacher_probs(teacher_out, tau))
+    if cfg.koleo_weight > 0:
+        loss = loss + cfg.koleo_weight * sum(koleo_loss(e) for e in embed[: teacher_out.shape[0]].chunk(2))
+    return loss
+
+
+def test_objective_total_is_the_weighted_sum_of_its_terms_and_equals_the_previous_computation():
+    from dino_pipe.config import LossConfig
+    from dino_pipe.objective import DINOObjective
+    from dino_pipe.objective.koleo import koleo_loss
+
+    torch.manual_seed(3)
+    b, k, d, n_views = 6, 16, 8, 4
+    student, teacher, embed = torch.randn(n_views * b, k), torch.randn(2 * b, k), torch.randn(n_views * b, d)
+    for centering in ("ema", "sinkhorn"):
+        cfg = LossConfig(centering=centering, koleo_weight=0.3)
+        obj = DINOObjective(cfg, k, n_global=2)
+        out = obj(student, obj.teacher_probs(teacher, 0.05), embed)
+        assert set(out) == {"loss", "loss_dino", "loss_koleo"}
+        want_koleo = koleo_loss(embed[:b]) + koleo_loss(embed[b: 2 * b])
+        torch.testing.assert_close(out["loss_koleo"], want_koleo)
+        torch.testing.assert_close(out["loss"], out["loss_dino"] + 0.3 * out["loss_koleo"])
+        assert torch.equal(out["loss"], _previous_loss(cfg, student, teacher, embed, 0.05))  # bitwise unchanged
+    off = DINOObjective(LossConfig(koleo_weight=0.0), k, n_global=2)
+    assert not off.needs_embeddings
+    out = off(student, off.teacher_probs(teacher, 0.05))  # no embeddings needed: the term is not computed
+    assert set(out) == {"loss", "loss_dino"} and torch.equal(out["loss"], out["loss_dino"])
+    assert torch.equal(out["loss"], _previous_loss(LossConfig(), student, teacher, None, 0.05))
+
+
+def test_objective_owns_its_centre_in_its_state_dict():
+    from dino_pipe.config import LossConfig
+    from dino_pipe.objective import DINOObjective
+
+    torch.manual_seed(4)
+    obj = DINOObjective(LossConfig(center_momentum=0.9), 5, n_global=2)
+    assert list(obj.state_dict()) == ["dino.center"]
+    teacher = torch.randn(8, 5)
+    obj.update(teacher)
+    torch.testing.assert_close(obj.state_dict()["dino.center"], 0.1 * teacher.mean(0, keepdim=True))
+    other = DINOObjective(LossConfig(), 5, n_global=2)
+    other.load_state_dict(obj.state_dict())
+    assert torch.equal(other.dino.center, obj.dino.center)

@@ -32,7 +32,7 @@ def _run(trainer: DINOTrainer, batches) -> dict:
         trainer.step(views, i)
     return {"student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
             "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()},
-            "center": trainer.loss_fn.center.clone()}
+            "center": trainer.objective.dino.center.clone()}
 
 
 def _ddp_worker(rank: int, port: int, out_path: str) -> None:

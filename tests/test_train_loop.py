@@ -58,7 +58,7 @@ def test_run_dir_layout_checkpoints_and_resume(tmp_path):
         and m[1]["teacher_entropy_max"] == pytest.approx(4.1589, 1e-3)
     )
     ck = load_checkpoint(tmp_path)
-    assert ck["step"] == 5 and ck["data"] == {"epoch": 0, "step": 5} and ck["center"].shape == (1, 64)
+    assert ck["step"] == 5 and ck["data"] == {"epoch": 0, "step": 5} and ck["objective"]["dino.center"].shape == (1, 64)
     assert not torch.equal(ck["student"]["head.mlp.0.weight"], ck["teacher"]["head.mlp.0.weight"])
 
     cfg2 = tiny_cfg(
@@ -117,7 +117,7 @@ def test_exact_resume_after_kill9(tmp_path):
     for part in ("student", "teacher"):
         for k, v in a[part].items():
             assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume (killed at step ~{kill_at})"
-    assert torch.equal(a["center"], b["center"])
+    assert torch.equal(a["objective"]["dino.center"], b["objective"]["dino.center"])
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 25))
     for ra, rb in zip(read_jsonl(full / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")):
         assert ra["loss"] == rb["loss"]
@@ -239,7 +239,7 @@ def test_steps_between_logs_run_without_sync_and_still_resume_exactly(tmp_path, 
     for part in ("student", "teacher"):
         for k, v in a[part].items():
             assert torch.equal(v, b[part][k]), k
-    assert torch.equal(a["center"], b["center"])
+    assert torch.equal(a["objective"]["dino.center"], b["objective"]["dino.center"])
     la = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")}
     lb = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")}
     assert sorted(la) == [4, 8, 10] and sorted(lb) == [4, 6, 8, 10]  # b also logged its stop at step 6

@@ -167,7 +167,7 @@ def test_checkpoint_roundtrip_keep_last_and_errors(tmp_path):
         "epoch": 0,
         "student": student.state_dict(),
         "teacher": teacher.state_dict(),
-        "center": torch.randn(1, 32),
+        "objective": {"dino.center": torch.randn(1, 32)},
         "rng": rng_state(),
         "data": {"epoch": 0, "step": 3},
     }

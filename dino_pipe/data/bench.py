@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from dino_pipe.config import DataConfig
+from dino_pipe.data.recipe import multicrop_recipe
 from dino_pipe.errors import UserError
 
 
@@ -85,7 +86,7 @@ def bench_loader(shardset, cfg: DataConfig | None = None, *, device: str = "cpu"
     sync()
     seconds = time.perf_counter() - t0
     cpu = _cpu_seconds(pids) - c0
-    views = 2 + cfg.n_local
+    views = len(multicrop_recipe(cfg))
     images = steps * batch_size
     if loader == "dali":
         dl.close()

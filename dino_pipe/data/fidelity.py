@@ -260,31 +260,35 @@ def _view_moments(views: list[torch.Tensor]) -> dict:
 
 def view_statistics(shardset, cfg: DataConfig | None = None, epochs: int = 4, n_local: int = 2,
                     batch_size: int = 16, seed: int = 0) -> dict:
-    """Per view kind (global1, global2, local): DALI vs reference moments of the normalized views."""
+    """Per view kind (each global view by name, then the locals together): DALI vs reference moments of the
+    normalized views."""
     from dino_pipe.data.loader import ViewLoader
     from dino_pipe.data.reference import MultiCropTransform
 
     cfg = cfg or DataConfig()
     loader = ViewLoader(shardset, cfg, batch_size=batch_size, n_local=n_local, seed=seed)
-    dali = {"global1": [], "global2": [], "local": []}
+    kinds = [spec.name for spec in loader.specs if spec.is_global]  # global1, global2, ... (they come first)
+    dali: dict[str, list] = {kind: [] for kind in kinds + ["local"]}
+    ref: dict[str, list] = {kind: [] for kind in kinds + ["local"]}
     for _ in range(epochs):
         for batch in loader:
-            dali["global1"].append(batch.views[0])
-            dali["global2"].append(batch.views[1])
-            dali["local"].extend(batch.views[2:])
+            _add_views(dali, kinds, batch.views)
     loader.close()
     n_imgs = loader.num_samples
-    ref = {"global1": [], "global2": [], "local": []}
     random.seed(seed)
     torch.manual_seed(seed)
     transform = MultiCropTransform(cfg, n_local)
     for _ in range(epochs):
         for img in _images(shardset, n_imgs):
-            views = transform(img)
-            ref["global1"].append(views[0][None])
-            ref["global2"].append(views[1][None])
-            ref["local"].extend(v[None] for v in views[2:])
+            _add_views(ref, kinds, [v[None] for v in transform(img)])
     return {kind: {"dali": _view_moments(dali[kind]), "reference": _view_moments(ref[kind])} for kind in dali}
+
+
+def _add_views(store: dict[str, list], kinds: list[str], views: list) -> None:
+    """File one image's (or batch's) views under their kind: the global views by name, the rest as "local"."""
+    for kind, view in zip(kinds, views):
+        store[kind].append(view)
+    store["local"].extend(views[len(kinds):])
 
 
 def main(argv: list[str] | None = None) -> dict:

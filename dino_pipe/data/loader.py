@@ -34,7 +34,7 @@ import torch
 from dino_pipe.config import DataConfig
 from dino_pipe.cpus import available_cores
 from dino_pipe.data.graph import FLAG_NAMES, dali_dtype, dali_errors, eval_graph, op_seed, train_graph
-from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
+from dino_pipe.data.recipe import ViewSpec, multicrop_recipe, n_global_views
 from dino_pipe.data.shardset import ShardSet, open_shardset
 from dino_pipe.device import Device, check_device, torch_device
 from dino_pipe.errors import UserError
@@ -44,7 +44,7 @@ STATE_VERSION = 1
 
 @dataclass
 class ViewBatch:
-    """``views``: 2 globals ``[B, 3, G, G]`` then ``n_local`` locals ``[B, 3, L, L]``; ``labels [B]``
+    """``views``: the recipe's globals ``[B, 3, G, G]`` then ``n_local`` locals ``[B, 3, L, L]``; ``labels [B]``
     (int64) or None for an unlabelled set. ``debug=True`` loaders add ``indices [B]`` (global sample
     index in shard-set order) and ``flags``: one ``[B, len(FLAG_NAMES)]`` float tensor per view."""
 
@@ -218,7 +218,7 @@ class ViewLoader(_ShardSetLoader):
 
     @property
     def n_local(self) -> int:
-        return len(self.specs) - 2
+        return len(self.specs) - n_global_views(self.specs)
 
     @property
     def position(self) -> int:

@@ -70,7 +70,7 @@ def view_transform(spec: ViewSpec, mean, std):
 
 
 class MultiCropTransform:
-    """PIL image -> list of view tensors (2 global then N local), like ``DataAugmentationDINO``."""
+    """PIL image -> list of view tensors (the recipe's global views, then N local), like ``DataAugmentationDINO``."""
 
     def __init__(self, cfg: DataConfig, n_local: int | None = None):
         self.specs = multicrop_recipe(cfg, n_local)

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import torch
 
 from dino_pipe.config import DataConfig
+from dino_pipe.data.recipe import multicrop_recipe
 from dino_pipe.device import check_device, torch_device
 
 
 @dataclass
 class SyntheticBatch:
-    """``views``: 2 globals ``[B, 3, G, G]`` then ``n_local`` locals ``[B, 3, L, L]``; ``labels [B]``."""
+    """``views``: the recipe's globals ``[B, 3, G, G]`` then ``n_local`` locals ``[B, 3, L, L]``; ``labels [B]``."""
 
     views: list[torch.Tensor]
     labels: torch.Tensor
@@ -50,7 +51,7 @@ class SyntheticViewLoader:
 
     def _make(self, epoch: int, step: int) -> SyntheticBatch:
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.rank) * 1_000_003 + epoch) * 1_000_003 + step)
-        sizes = [self.cfg.global_size] * 2 + [self.cfg.local_size] * self.cfg.n_local
+        sizes = [spec.size for spec in multicrop_recipe(self.cfg)]  # the recipe's views, globals first
         b = self.batch_size
         views = [torch.randn(b, 3, s, s, generator=g).to(self.device, self.dtype, non_blocking=True) for s in sizes]
         labels = torch.randint(0, self.num_classes, (b,), generator=g).to(self.device)

@@ -105,9 +105,7 @@ def probe_view_spec(cfg: Config):
     from dino_pipe.data.recipe import ViewSpec
 
     return ViewSpec(name="probe", size=cfg.data.eval_crop, scale=tuple(cfg.eval.linear_crop_scale),
-                    aspect_ratio=tuple(cfg.data.aspect_ratio), flip_p=0.5, jitter_p=0.0, brightness=0.0,
-                    contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0,
-                    blur_sigma=tuple(cfg.data.blur_sigma), solarize_p=0.0)
+                    aspect_ratio=tuple(cfg.data.aspect_ratio), flip_p=0.5)
 
 
 def probe_train_loader(shardset: str, cfg: Config, ctx: WorkerContext, batch_size: int):

@@ -1,6 +1,6 @@
 """The network DINO trains: a backbone and a head, with the multi-crop forward.
 
-``DINOModel(backbone, head)`` maps a list of views (2 global crops ``[B, 3, G, G]`` then
+``DINOModel(backbone, head)`` maps a list of views (the global crops ``[B, 3, G, G]`` then
 ``n_local`` local crops ``[B, 3, L, L]``) to head outputs ``[n_views * B, out_dim]`` in view order
 (rows ``v*B .. (v+1)*B`` belong to view ``v``). Consecutive views of the same resolution are
 concatenated and go through the backbone in one call (one call for the globals, one for the

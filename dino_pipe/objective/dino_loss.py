@@ -1,22 +1,23 @@
 """The DINO loss: cross-entropy between a centered, sharpened teacher and the student, over crop pairs.
 
-For a batch of ``B`` images with ``V`` student views (2 global + ``V-2`` local) and 2 teacher
-(global) views, with head outputs ``s_v = g_student(x_v)`` and ``t_i = g_teacher(x_i)`` in R^K::
+For a batch of ``B`` images with ``V`` student views (``T`` global + ``V-T`` local) and ``T`` teacher
+(global) views (``n_teacher_views``, the recipe's global count; DINO: 2), with head outputs
+``s_v = g_student(x_v)`` and ``t_i = g_teacher(x_i)`` in R^K::
 
     P_t,i = softmax((t_i - c) / tau_t)          teacher: centered, sharpened    (no gradient)
     log P_s,v = log_softmax(s_v / tau_s)         student
-    L = 1 / (2V - 2) * sum_{i in {0,1}} sum_{v != i} mean_b [ - sum_k P_t,i[b,k] log P_s,v[b,k] ]
+    L = 1 / (T V - T) * sum_{i < T} sum_{v != i} mean_b [ - sum_k P_t,i[b,k] log P_s,v[b,k] ]
 
 Same-view pairs (teacher view i with student view i) are skipped. The center is an exponential
 moving average of the teacher's raw outputs over the whole global batch (all ranks)::
 
-    c <- m c + (1 - m) * (1 / (2 B W)) * sum_{ranks} sum_{i, b} t_i[b]       (m = 0.9)
+    c <- m c + (1 - m) * (1 / (T B W)) * sum_{ranks} sum_{i, b} t_i[b]       (m = 0.9)
 
 With ``centering="sinkhorn"`` the teacher targets are instead Sinkhorn-Knopp normalised over the global batch
 (:mod:`dino_pipe.objective.sinkhorn`); the EMA centre is then still kept (for diagnostics) but not used.
 
 Shapes: ``student_out [V*B, K]`` (view-major: rows ``v*B .. v*B+B-1`` are view ``v``),
-``teacher_out [2*B, K]``, ``center [1, K]``. The loss is computed in float32.
+``teacher_out [T*B, K]``, ``center [1, K]``. The loss is computed in float32.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class DINOLoss(nn.Module):
         out_dim: K, the number of prototypes (head output size).
         student_temp: tau_s (0.1).
         center_momentum: m, the EMA momentum of the center (0.9).
-        n_teacher_views: number of teacher views (2 global crops).
+        n_teacher_views: T, the number of teacher (global) views: the recipe's count (2 in DINO).
         centering: ``"ema"`` (the reference: subtract the EMA centre) or ``"sinkhorn"`` (Sinkhorn-Knopp).
         sinkhorn_iters: Sinkhorn-Knopp iterations (3, as DINOv2).
 
@@ -58,7 +59,7 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """``softmax((t - c) / tau_t)`` (or the Sinkhorn-Knopp plan), shape ``[2*B, K]``, float32, no gradient."""
+        """``softmax((t - c) / tau_t)`` (or the Sinkhorn-Knopp plan), shape ``[T*B, K]``, float32, no gradient."""
         if self.centering == "sinkhorn":
             return sinkhorn_knopp(teacher_out, teacher_temp, self.sinkhorn_iters)
         return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)

@@ -1,7 +1,7 @@
 """Sinkhorn-Knopp centering of the teacher (as in DINOv2 and SwAV): an alternative to the EMA centre.
 
 Instead of ``softmax((t - c) / tau_t)``, the teacher targets for a batch of ``N`` rows (all global views of
-all ranks together, ``N = 2 B W``) and ``K`` prototypes are the transport plan::
+all ranks together, ``N = T B W`` for ``T`` global views) and ``K`` prototypes are the transport plan::
 
     Q = exp(t / tau_t)                                  [N, K]
     repeat n_iters times:

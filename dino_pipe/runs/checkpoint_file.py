@@ -17,7 +17,7 @@ A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)``::
      "config": cfg.to_dict(), "step": int, "epoch": int, "world_size": int,
      "student": {"backbone.<timm key>": Tensor, ..., "head.<key>": Tensor},
      "teacher": {... same keys ...},
-     "optimizer": ..., "scaler": ..., "center": Tensor [1, out_dim],
+     "optimizer": ..., "scaler": ..., "objective": {"dino.center": Tensor [1, out_dim]},
      "rng": {...}, "rng_ranks": [...], "data": {...}, "data_ranks": [...],
      "data_identity": str, "data_path": str}   (what the shard set holds, by content; where it was)
 
@@ -70,6 +70,19 @@ def _torch_file(p: Path) -> bool:
     return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
+RENAMED_KEYS = {"center": ("objective", "dino.center")}
+"""Top-level keys of older checkpoints -> (section, key) in today's layout (the centre moved into the objective's
+state). Checkpoints written before the objective owned its state still resume through :func:`upgrade_layout`."""
+
+
+def upgrade_layout(ckpt: dict) -> dict:
+    """``ckpt`` with the keys of older layouts moved to today's (:data:`RENAMED_KEYS`), in place."""
+    for old, (section, key) in RENAMED_KEYS.items():
+        if old in ckpt:
+            ckpt.setdefault(section, {}).setdefault(key, ckpt.pop(old))
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
     """Load a checkpoint (file or run dir) on the CPU with ``weights_only=True``; damaged -> UserError.
 
@@ -100,7 +113,7 @@ def load_checkpoint(path: str | Path, resuming: bool = True) -> dict:
     for key in ("config", "step", "student", "teacher"):
         if key not in ckpt:
             raise UserError(f"{p}: damaged checkpoint (no '{key}' entry)")
-    return ckpt
+    return upgrade_layout(ckpt)
 
 
 def previous_hint(path: str | Path, resuming: bool = True) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from dino_pipe import distributed as D
 from dino_pipe.config import Config
+from dino_pipe.data.recipe import multicrop_recipe, n_global_views
 from dino_pipe.errors import UserError
 from dino_pipe.train.trainer import DINOTrainer, resolve_precision
 
@@ -57,7 +58,7 @@ def _measure(cfg: Config, env: D.DistEnv, loader, steps: int, warmup: int, label
     out = {
         "median_step_s": med,
         "images_per_s": images / med,
-        "crops_per_s": images * (2 + cfg.data.n_local) / med,
+        "crops_per_s": images * len(multicrop_recipe(cfg.data)) / med,
         "data_wait_pct": 100.0 * sum(waits) / sum(times),
     }
     if device.type == "cuda":
@@ -84,7 +85,8 @@ def bench_train(cfg: Config, data: str | Path | None = None, *, steps: int = 30,
         "arch": cfg.model.arch,
         "device": device,
         "batch_size": cfg.data.batch_size,
-        "views": f"2x{cfg.data.global_size} + {cfg.data.n_local}x{cfg.data.local_size}",
+        "views": f"{n_global_views(multicrop_recipe(cfg.data))}x{cfg.data.global_size} + "
+                 f"{cfg.data.n_local}x{cfg.data.local_size}",
         "precision": resolve_precision(cfg.train.precision, device),
         "compile": cfg.train.compile,
         "steps": steps,

@@ -3,8 +3,8 @@
 :class:`CheckpointManager` is the training side; the file itself (format, atomic write, the
 ``weights_only`` read that evaluation uses too) is :mod:`dino_pipe.runs.checkpoint_file`, the run
 folder's names :mod:`dino_pipe.runs.run_dir`. The trainer contributes
-``student``/``teacher``/``optimizer``/``scaler``/``center`` (``DINOTrainer.state_dict``), the loader its
-position (``ViewLoader.state_dict``).
+``student``/``teacher``/``optimizer``/``scaler``/``objective`` (the objective's own ``state_dict``;
+``DINOTrainer.state_dict``), the loader its position (``ViewLoader.state_dict``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _per_rank(ckpt: dict, key: str, rank: int, world_size: int) -> Any:
 class CheckpointManager:
     """A run's checkpoints: the latest one and whether it may be resumed, restoring it, when to
     save, and what each rank contributes to a save (the trainer's model, optimizer, scaler and
-    centre; every rank's loader position and RNG states), written atomically with the newest
+    objective state; every rank's loader position and RNG states), written atomically with the newest
     ``train.keep_checkpoints`` kept. ``last`` is the newest checkpoint of the run (None before one)."""
 
     def __init__(self, run_dir: Path, cfg, env, data_identity: str | None = None, data_path: str | None = None):

@@ -3,19 +3,19 @@
 ``DINOTrainer(cfg, env, steps_per_epoch).step(views, step)`` runs, for global step ``step``::
 
     lr, wd, m, tau_t = schedules(step)
-    t = teacher(views[:2])                      # globals only, no gradient
+    t = teacher(views[:G])                      # the G global views only (the recipe's count), no gradient
     s = student(views)                          # all crops, same-resolution views batched
-    loss = DINOLoss(s, t, tau_t)                # centered/sharpened teacher, skip same-view pairs
+    terms = objective(s, t, tau_t)              # {"loss": total, "loss_dino": ..., "loss_koleo": ...}
     (sync steps: check loss is finite on every rank; stop otherwise)
     backward; clip (per parameter by default); drop last-layer grads in the first epoch(s)
-    optimizer step; teacher <- m teacher + (1 - m) student; center update (all-reduced)
+    optimizer step; teacher <- m teacher + (1 - m) student; objective state update (the centre, all-reduced)
 
 Host syncs. Only a step called with ``sync=True`` (the loop's logging and checkpoint steps) waits for
-the device: it reads the loss and stops on NaN/Inf before updating anything. Other steps queue their
-work and return at once: the loss and gradient norm stay device tensors, clipping and the loss use
-fixed shapes and Python counts, and a non-finite loss is recorded on the device (first bad step and
-value) and raised by the next sync step, which the loop runs before any checkpoint, so no checkpoint
-ever holds weights updated by a non-finite loss.
+the device: it reads the total loss and stops on NaN/Inf before updating anything. Other steps queue their
+work and return at once: the loss, its named terms (averaged over ranks in one all-reduce) and the gradient
+norm stay device tensors, clipping and the loss use fixed shapes and Python counts, and a non-finite loss is
+recorded on the device (first bad step and value) and raised by the next sync step, which the loop runs
+before any checkpoint, so no checkpoint ever holds weights updated by a non-finite loss.
 
 Mixed precision: ``bf16`` autocast (no scaler) or ``fp16`` autocast with a GradScaler on the GPU;
 ``fp32`` on the CPU. ``train.compile`` wraps the forward passes in ``torch.compile``.
@@ -33,11 +33,11 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dino_pipe.config import Config
+from dino_pipe.data.recipe import multicrop_recipe, n_global_views
 from dino_pipe.distributed import DistEnv
 from dino_pipe.errors import UserError
 from dino_pipe.models import DINOModel, create_student_teacher
-from dino_pipe.objective import DINOLoss
-from dino_pipe.objective.koleo import koleo_loss
+from dino_pipe.objective import DINOObjective
 from dino_pipe.train.ema import TeacherEMA
 from dino_pipe.train.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
 from dino_pipe.train.schedules import Schedules
@@ -63,8 +63,9 @@ class NonFiniteLoss(Exception):
 @dataclass
 class StepResult:
     loss: torch.Tensor  # 0-d, mean over ranks, on the device (float() it only when logging)
+    terms: dict  # the objective's named terms ("loss_dino", "loss_koleo", ...): 0-d, mean over ranks, on the device
     grad_norm: torch.Tensor  # before clipping (0-d, on the device; float() it only when logging)
-    teacher_probs: torch.Tensor  # [2B, K] centered/sharpened teacher softmax (for diagnostics)
+    teacher_probs: torch.Tensor  # [G*B, K] centered/sharpened teacher softmax (for diagnostics)
     values: dict  # the schedule values used: lr, wd, momentum, teacher_temp
 
 
@@ -86,9 +87,8 @@ class DINOTrainer:
         self.student: DINOModel = student.to(self.device)
         self.teacher: DINOModel = teacher.to(self.device)
         self.teacher.train()  # as the reference: BatchNorm (ResNet) uses batch statistics; ViTs are unaffected
-        self.loss_fn = DINOLoss(cfg.model.out_dim, student_temp=cfg.loss.student_temp,
-                                center_momentum=cfg.loss.center_momentum, centering=cfg.loss.centering,
-                                sinkhorn_iters=cfg.loss.sinkhorn_iters).to(self.device)
+        self.n_global = n_global_views(multicrop_recipe(cfg.data))
+        self.objective = DINOObjective(cfg.loss, cfg.model.out_dim, self.n_global).to(self.device)
         self.optimizer = build_optimizer(self.student, cfg.optim,
                                          fused=env.device == "cuda" and cfg.optim.optimizer == "adamw")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -138,23 +138,23 @@ class DINOTrainer:
         views = self._prepare(views)
         with self.autocast():
             with torch.no_grad():
-                teacher_out = self.teacher_fwd(views[:2])
-            if self.cfg.loss.koleo_weight > 0:
+                teacher_out = self.teacher_fwd(views[: self.n_global])
+            student_embed = None
+            if self.objective.needs_embeddings:
                 student_out, student_embed = self.student_fwd(views, return_embed=True)
             else:
                 student_out = self.student_fwd(views)
         teacher_out, student_out = teacher_out.float(), student_out.float()
         # the targets once per step: for the loss, and afterwards for the diagnostics (the centre moves after both)
-        teacher_probs = self.loss_fn.teacher_probs(teacher_out, values["teacher_temp"])
-        loss = self.loss_fn.cross_entropy(student_out, teacher_probs)
-        if self.cfg.loss.koleo_weight > 0:  # per global view, this rank's images (as DINOv2)
-            globals_ = student_embed[: teacher_out.shape[0]].chunk(2)
-            loss = loss + self.cfg.loss.koleo_weight * sum(koleo_loss(e) for e in globals_)
+        teacher_probs = self.objective.teacher_probs(teacher_out, values["teacher_temp"])
+        terms = self.objective(student_out, teacher_probs, student_embed)
+        loss = terms["loss"]
 
-        loss_mean = loss.detach().clone()
-        if self.env.world_size > 1:  # every rank learns when any rank went non-finite
-            dist.all_reduce(loss_mean)
-            loss_mean /= self.env.world_size
+        means = torch.stack([t.detach() for t in terms.values()])  # the total first, then the named terms
+        if self.env.world_size > 1:  # every rank learns when any rank went non-finite (one all-reduce for all)
+            dist.all_reduce(means)
+            means /= self.env.world_size
+        loss_mean = means[0]
         if sync:
             self.check_finite()
             loss_value = float(loss_mean)
@@ -173,8 +173,9 @@ class DINOTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update(values["momentum"])
-        self.loss_fn.update_center(teacher_out)
-        return StepResult(loss_mean, grad_norm.detach(), teacher_probs, values)
+        self.objective.update(teacher_out)
+        named = {k: means[i] for i, k in enumerate(terms) if k != "loss"}
+        return StepResult(loss_mean, named, grad_norm.detach(), teacher_probs, values)
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss when a step run without sync had a non-finite loss (one host sync)."""
@@ -191,7 +192,7 @@ class DINOTrainer:
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "center": self.loss_fn.center.detach().cpu().clone(),
+            "objective": {k: v.detach().cpu().clone() for k, v in self.objective.state_dict().items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -200,7 +201,7 @@ class DINOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.loss_fn.center.copy_(state["center"].to(self.device))
+        self.objective.load_state_dict(state["objective"])  # older layouts are mapped by load_checkpoint
 
 
 def uses_sync_batchnorm(env: DistEnv) -> bool:

@@ -115,8 +115,8 @@ def test_the_recipes_global_count_drives_loader_trainer_and_loss(tiny_shardset):
     from dino_pipe.data.loader import ViewLoader
     from dino_pipe.data.recipe import multicrop_recipe, n_global_views
     from dino_pipe.data.synthetic import SyntheticViewLoader
-    from dino_pipe.objective import DINOLoss
     from dino_pipe.distributed import DistEnv
+    from dino_pipe.objective import DINOLoss
     from dino_pipe.train.trainer import DINOTrainer
 
     cfg = load_config(None, TINY + THREE_GLOBALS + ["loss.koleo_weight=0.5"])

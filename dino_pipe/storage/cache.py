@@ -129,7 +129,9 @@ def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
     return evicted
 
 
-def _download_checked(store: Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+def download_checked(store: Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+    """Download ``key`` to ``dest`` through a temp file beside it, renamed into place only when its size and
+    sha256 (when given) match; one UserError line naming ``what`` otherwise."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
@@ -152,8 +154,8 @@ def fetch_file(store: Store, folder: Path, entry: CachedFile) -> int:
     """Fetch one file and its companion (one GET each), checked; returns the bytes fetched."""
     with contextlib.suppress(FileNotFoundError):
         _marker(folder, entry.name).unlink()
-    _download_checked(store, entry.name, folder / entry.name, entry.sha256, entry.size, store.url)
-    _download_checked(store, entry.companion, folder / entry.companion, None, None, store.url)
+    download_checked(store, entry.name, folder / entry.name, entry.sha256, entry.size, store.url)
+    download_checked(store, entry.companion, folder / entry.companion, None, None, store.url)
     atomic_write_text(_marker(folder, entry.name), entry.sha256 + "\n")
     return entry.size
 

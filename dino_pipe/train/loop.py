@@ -44,6 +44,7 @@ from dino_pipe.train.inputs import (  # noqa: F401  (check_data, local_data: als
     default_online_knn,
     local_data,
     parse_synthetic,
+    streams,
 )
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
@@ -61,6 +62,11 @@ def make_loader(data: str | Path, cfg: Config, env: D.DistEnv, **kwargs):
 
         return SyntheticViewLoader(cfg.data, num_samples=n, device=env.device, device_id=env.local_rank,
                                    rank=env.rank, world_size=env.world_size, **kwargs)
+    if streams(data, cfg):
+        from dino_pipe.data.stream_loader import StreamViewLoader
+
+        return StreamViewLoader(str(data), cfg.data, device=env.device, device_id=env.local_rank, rank=env.rank,
+                                world_size=env.world_size, **kwargs)
     from dino_pipe.data.loader import ViewLoader
 
     return ViewLoader(Path(data), cfg.data, device=env.device, device_id=env.local_rank, rank=env.rank,
@@ -73,7 +79,7 @@ def data_identity(data: str | Path) -> str:
         return str(data)
     from dino_pipe.data.shardset import content_identity
 
-    return content_identity(Path(data))
+    return content_identity(data)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +155,7 @@ class _Run:
         start_step = step
         with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress,
                            teacher=trainer.teacher.backbone) as metrics:
+            metrics.fetch_stats = getattr(loader, "stats", None)  # streaming: bytes, rate, prefetch depth
             while step < stop_at:
                 it = iter(loader)
                 while step < stop_at and (batch := metrics.next_batch(it)) is not None:
@@ -159,6 +166,7 @@ class _Run:
                     metrics.after_step(step, res, log_now, check_now)
                     if save_now:
                         ckpts.save(trainer, loader, step, steps_per_epoch)
+        fetched = D.all_gather_objects(loader.fetch_summary(), env) if hasattr(loader, "fetch_summary") else None
         if hasattr(loader, "close"):
             loader.close()
         summary = {"run_dir": str(self.run_dir), "steps": step, "steps_this_run": step - start_step,
@@ -166,6 +174,8 @@ class _Run:
                    "last_checkpoint": str(ckpts.last) if ckpts.last else None,
                    "resumed_from": str(resume) if resume else None, "world_size": env.world_size,
                    "device": env.device, "precision": trainer.precision, "wall_s": time.time() - t_start}
+        if fetched is not None:  # streaming: GETs and bytes per epoch, per rank
+            summary["stream"] = {"per_rank": fetched}
         if env.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             return summary

@@ -58,6 +58,7 @@ class MetricsLogger:
         self.teacher, self.online, self.knn0, self.knn_info = teacher, None, None, ""
         self.knn_last: dict | None = None
         self.logged_info = ""
+        self.fetch_stats: Any = None  # streaming: a callable -> {bytes, gets, mb_per_s, depth} of this rank's fetches
 
     def __enter__(self) -> "MetricsLogger":
         self.progress.__enter__()
@@ -102,7 +103,7 @@ class MetricsLogger:
             v, r = res.values, self.rates
             self.logged_info = (f"step {step}: loss {self.last_loss:.4f} lr {v['lr']:.2e} wd {v['wd']:.3f} "
                                 f"m {v['momentum']:.4f} τt {v['teacher_temp']:.3f} "
-                                f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%")
+                                f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%{self._fetch_info()}")
         if self.online is not None and self.online.due(step, self.steps_per_epoch, self.stop_at):
             self.knn_info = self._measure_knn(step)
         if self.task is not None:
@@ -114,6 +115,15 @@ class MetricsLogger:
         epochs = f"ep {step / self.steps_per_epoch:.2f}/{self.stop_at / self.steps_per_epoch:g}"
         logged = f" | {self.logged_info}" if self.logged_info else ""
         return f"{epochs}{logged}{self.knn_info}"
+
+    def _fetch_record(self) -> dict:
+        """Streaming: this rank's fetch figures as ``fetch_*`` record fields (bytes, GETs, MB/s, prefetch depth)."""
+        return {f"fetch_{k}": v for k, v in self.fetch_stats().items()} if self.fetch_stats else {}
+
+    def _fetch_info(self) -> str:
+        f = self._fetch_record()
+        return (f" | fetched {f['fetch_bytes'] / 1e6:.0f} MB at {f['fetch_mb_per_s']:.1f} MB/s, "
+                f"{f['fetch_depth']} shards ahead") if f else ""
 
     def summary(self, step: int) -> dict:
         """The run's loss and rates for summary.json (``step`` steps done in all)."""
@@ -194,7 +204,7 @@ class MetricsLogger:
         self.window_t, self.window_wait, self.window_steps = now, 0.0, 0
         record = {"step": step, "epoch": step / self.steps_per_epoch, "loss": self.last_loss,
                   **res.values, "grad_norm": float(res.grad_norm), **self.rates, **self.collapse_stats,
-                  "time": time.time()}
+                  **self._fetch_record(), "time": time.time()}
         if self.env.is_main:
             append_jsonl(self.run_dir / METRICS_NAME, record)
             if self.tb is not None:

@@ -39,9 +39,11 @@ DATA_RECORD = "data.json"
 
 
 def data_key(data: str | Path) -> str:
-    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` as given."""
+    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` / a streamed URL as given."""
+    from dino_pipe.storage.url import is_remote
+
     text = str(data)
-    return text if text.startswith("synthetic") else str(Path(data).resolve())
+    return text if text.startswith("synthetic") or is_remote(text) else str(Path(data).resolve())
 
 
 def record_data(run_dir: str | Path, data: str | Path) -> None:

@@ -173,3 +173,50 @@ def test_a_restored_sample_stream_continues_with_the_same_samples(tiny_shardset,
         b.close()
     assert [s.key for s in again] == [s.key for s in rest]
     assert all((x.jpg == y.jpg).all() and (x.label == y.label).all() for x, y in zip(again, rest))
+
+
+def _loader(tiny_shardset: Path, cache: Path, **over):
+    from test_train_loop import tiny_cfg
+
+    from dino_pipe.data.stream_loader import StreamViewLoader
+    from dino_pipe.storage.cache import CacheSettings
+
+    shard = max(p.stat().st_size for p in tiny_shardset.glob("*.tar"))
+    cfg = tiny_cfg("data.read_mode=stream", "data.shuffle_buffer=12", "data.prefetch=3")
+    settings = CacheSettings.resolve(str(cache), gb=2.5 * shard / 1e9, threads=2)
+    return StreamViewLoader(str(tiny_shardset), cfg.data, settings=settings, **over)
+
+
+def test_a_local_set_streams_and_the_loader_resumes_at_the_next_batch(tiny_shardset, tmp_path):
+    """Saved mid-epoch while DALI and the fetcher run ahead; the rebuilt loader gives exactly the next batches."""
+    import torch
+
+    a = _loader(tiny_shardset, tmp_path / "cache")
+    try:
+        assert len(a) == 24
+        it = iter(a)
+        for _ in range(13):
+            next(it)
+        state = a.state_dict()
+        rest = [b for b in it] + [b for _, b in zip(range(6), a)]  # the epoch's 11 batches and 6 of the next
+        fetched = a.stats()
+    finally:
+        a.close()
+    assert fetched["gets"] >= 4 and fetched["bytes"] > 0
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*")), "closing deletes the streamed shards"
+    b = _loader(tiny_shardset, tmp_path / "cache")
+    try:
+        b.load_state_dict(state)
+        again = [x for x in b] + [x for _, x in zip(range(6), b)]
+    finally:
+        b.close()
+    assert len(again) == len(rest) == 17
+    for x, y in zip(rest, again):
+        assert torch.equal(x.labels, y.labels)
+        assert all(torch.equal(u, v) for u, v in zip(x.views, y.views))
+    c = _loader(tiny_shardset, tmp_path / "cache", seed=1)
+    try:
+        with pytest.raises(UserError, match="saved seed=0, now 1"):
+            c.load_state_dict(state)
+    finally:
+        c.close()

@@ -20,6 +20,7 @@ from PIL import Image
 from test_data_streaming import FolderWatch
 from test_storage_s3 import s3, server, upload  # noqa: F401  (fixtures)
 
+from dino_pipe.atomic import read_jsonl
 from dino_pipe.sample_data import photo_crops
 
 SHARDS, PER_SHARD = 20, 4
@@ -59,6 +60,22 @@ def test_two_ranks_stream_an_epoch_within_a_fifth_of_the_set(s3, stream_set, tmp
         assert r["epochs"]["0"]["gets"] == SHARDS // 2, r  # its own half of the shards, one GET each
         assert r["cache_bound_bytes"] == bound // 2  # two processes on this node share the bound
     assert not (tmp_path / "cache" / "s3").exists(), "nothing was cached whole"
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["fetch_gets"] >= SHARDS // 2 and records[-1]["fetch_bytes"] > 0
+    assert {"fetch_mb_per_s", "fetch_depth"} <= set(records[-1])
+
+
+def test_auto_streams_only_a_set_larger_than_the_cache(s3, stream_set, tmp_path):  # noqa: F811
+    from dino_pipe.shards.fetch import choose_read_mode
+    from dino_pipe.storage.cache import CacheSettings
+
+    url = upload(s3, stream_set, "mode/set")
+    size = _set_bytes(stream_set)
+    small, roomy = (CacheSettings.resolve(str(tmp_path), gb=f * size / 1e9) for f in (0.5, 2.0))
+    assert choose_read_mode(url, "auto", small) == "stream" and choose_read_mode(url, "auto", roomy) == "cache"
+    assert choose_read_mode(url, "cache", small) == "cache" and choose_read_mode(url, "stream", roomy) == "stream"
+    assert choose_read_mode(stream_set, "auto", small) == "disk" and choose_read_mode(stream_set, "stream", roomy) \
+        == "stream"
 
 
 def test_each_rank_gets_only_its_own_shards(s3, stream_set, tmp_path, monkeypatch):  # noqa: F811

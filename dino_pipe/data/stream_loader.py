@@ -34,7 +34,7 @@ from dino_pipe.data.loader import (
 from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
 from dino_pipe.data.streaming import SampleStream, open_streamset
 from dino_pipe.errors import UserError
-from dino_pipe.storage.cache import CacheSettings, cache_folder
+from dino_pipe.storage.cache import CacheSettings, cache_folder, evict
 from dino_pipe.storage.stream import check_bound
 
 
@@ -103,7 +103,9 @@ class StreamViewLoader:
         self.max_bytes = settings.max_bytes // procs  # the node's bound, shared by its ranks
         check_bound(self.max_bytes, max(self.shards.sizes), f"shard set {self.shards.root} "
                     f"({procs} process(es) on this node share data.cache_gb)")
-        self.stream = SampleStream(store, self.shards, stream_folder(settings, store.url, rank), seed=self.seed,
+        folder = stream_folder(settings, store.url, rank)
+        evict(settings, keep=folder.parent, need=settings.max_bytes)  # whole sets cached earlier make room
+        self.stream = SampleStream(store, self.shards, folder, seed=self.seed,
                                    rank=rank, world_size=world_size, batch_size=self.batch_size,
                                    buffer=cfg.shuffle_buffer, max_bytes=self.max_bytes, window=cfg.stream_window,
                                    threads=settings.threads)

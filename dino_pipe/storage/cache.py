@@ -17,7 +17,8 @@ epochs read local disk.
 * **bounds**: downloads stream in 1 MiB chunks (memory ~ ``threads`` MiB); the cache folder holds at
   most ``max_bytes``: least recently used *other* sets are evicted first, and a set larger than the
   bound is refused with one line (the reader needs every shard of the set on local disk; training
-  rotates shards between ranks, so each rank reads the whole set).
+  rotates shards between ranks, so each rank reads the whole set). Such a set is streamed instead
+  (:mod:`dino_pipe.storage.stream`), which makes room in the same folder with :func:`evict`.
 * **atomic**: files are renamed into place only once complete and checked, so a killed fetch leaves
   no shard that looks finished; rerunning fetches only what is missing.
 """
@@ -168,7 +169,8 @@ def fill_cache(store: Store, files: list[CachedFile], last: tuple[str, bytes], s
     total = sum(e.size for e in files)
     if total > settings.max_bytes:
         raise UserError(f"shard set {store.url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
-                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
+                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB) or "
+                        "stream it (data.read_mode=stream)")
     folder = cache_folder(settings, store.url)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -220,3 +220,22 @@ def test_a_local_set_streams_and_the_loader_resumes_at_the_next_batch(tiny_shard
             c.load_state_dict(state)
     finally:
         c.close()
+
+
+def test_a_changed_shard_stops_streaming_with_one_line(tiny_shardset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "set"
+    shutil.copytree(tiny_shardset, copy)
+    data = bytearray((copy / "shard-000001.tar").read_bytes())
+    data[700] ^= 0xFF  # same size, one byte changed
+    (copy / "shard-000001.tar").write_bytes(bytes(data))
+    loader = _loader(copy, tmp_path / "cache")
+    try:
+        with pytest.raises(UserError, match=r"shard-000001.tar in the store does not match its sha256") as e:
+            for _ in range(2):
+                for _ in loader:
+                    pass
+        assert "\n" not in str(e.value)
+    finally:
+        loader.close()

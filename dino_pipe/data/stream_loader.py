@@ -3,8 +3,10 @@
 The same DALI graph of view ops as :class:`~dino_pipe.data.loader.ViewLoader` (one graph definition for the
 CPU and the GPU; only the source differs): the samples' encoded bytes and labels come from this rank's
 :class:`~dino_pipe.data.streaming.SampleStream` through ``fn.external_source`` instead of DALI's webdataset
-reader. Each batch ``t`` the graph asks for is the stream's next ``B`` samples; the stream's state after
-batch ``t`` is kept until the consumer has received it.
+reader. Each batch ``t`` the graph asks for is the stream's next ``B`` samples, prepared a few batches ahead by
+a thread (shard reads and buffer draws stay off DALI's critical path); the stream's state after batch ``t`` is
+kept until the consumer has received it. A failure of the stream (a shard's sha256, the store) stops the loader
+with its own one-line error.
 
 Resume. ``state_dict()`` holds ``(epoch, step)``, DALI's checkpoint (the state of every random op as of
 the last batch handed out; DALI restarts its external source at the iteration after it) and the stream's
@@ -14,6 +16,7 @@ the stream for exactly the batch that would have come next.
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 
@@ -44,31 +47,63 @@ def stream_folder(settings: CacheSettings, url: str, rank: int) -> Path:
 
 
 class _Source:
-    """The graph's external source: batch ``t`` = the stream's next ``B`` samples; the stream state after
-    each batch is kept until the consumer has it."""
+    """The graph's external source: batch ``t`` = the stream's next ``B`` samples, prepared ``ahead`` batches in
+    advance by a thread (reading shards and drawing from the buffer stays off DALI's critical path); the stream
+    state after each batch is kept until the consumer has it."""
 
-    def __init__(self, stream: SampleStream, labeled: bool):
+    def __init__(self, stream: SampleStream, labeled: bool, ahead: int, first_iteration: int):
         self.stream, self.labeled = stream, labeled
         self.lock = threading.Lock()
+        self.start_state = stream.state()
         self.states: dict[int, dict] = {}
-        self.next_iteration = 0
+        self.next_iteration = first_iteration
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="stream-batches", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self.stream.batch()
+                self._put((batch, self.stream.state()))
+        except BaseException as e:  # noqa: BLE001  (raised to the consumer by the loader)
+            self.error = e
+            self._put(e)
 
     def __call__(self, info):
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"stream source: {item}")
+        batch, state = item
         with self.lock:
             if info.iteration != self.next_iteration:
                 raise RuntimeError(f"stream source asked for batch {info.iteration}, expected {self.next_iteration}")
-            batch = self.stream.batch()
-            self.states[info.iteration] = self.stream.state()
+            self.states[info.iteration] = state
             self.next_iteration += 1
         jpgs = [s.jpg for s in batch]
         return (jpgs, [s.label for s in batch]) if self.labeled else (jpgs,)
 
     def state_after(self, iteration: int) -> dict:
-        """The stream's state after batch ``iteration``; older states are dropped."""
+        """The stream's state after batch ``iteration`` (-1: before the first); older states are dropped."""
         with self.lock:
             for t in [t for t in self.states if t < iteration]:
                 del self.states[t]
-            return self.states[iteration]
+            return self.start_state if iteration < 0 or iteration not in self.states else self.states[iteration]
+
+    def close(self) -> None:
+        """Stop the producer thread (the stream itself is closed by its owner)."""
+        self._stop.set()
+        self._thread.join()
 
 
 class StreamViewLoader:
@@ -168,15 +203,30 @@ class StreamViewLoader:
     def _ensure_pipe(self) -> None:
         if self._runner.pipe is not None:
             return
-        self._source = _Source(self.stream, self.shards.labeled)
-        self._source.next_iteration = self.position if self._pending is not None else 0
+        self._close_source()
         replay = 0 if self._pending is not None or self.position == 0 else self.position
         if replay:  # no DALI checkpoint: rebuild from the start and run the batches already handed out
             self.stream.restore({"epoch": 0, "k": 0, "j": 0, "emitted": 0, "buffer": []})
+        self._source = _Source(self.stream, self.shards.labeled, self.cfg.prefetch + 2,
+                               self.position if self._pending is not None else 0)
         self._runner.build(self._make, self._pending)
         self._pending = None
         for _ in range(replay):
-            self._runner.run()
+            self._run()
+
+    def _run(self):
+        """One pipeline iteration; a failure of the stream (a shard's sha256, the store) is its own one line."""
+        try:
+            return self._runner.run()
+        except UserError:
+            if self._source is not None and isinstance(self._source.error, UserError):
+                raise self._source.error from None
+            raise
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
 
     def _batch(self, outs) -> ViewBatch:
         views = [self._runner.to_torch(outs[i], self._torch_dtype) for i in range(len(self.specs))]
@@ -188,7 +238,7 @@ class StreamViewLoader:
         if self._step >= self._steps:
             self.epoch, self._step = self.epoch + 1, 0
         while self._step < self._steps:
-            outs = self._runner.run()
+            outs = self._run()
             self._step += 1
             yield self._batch(outs)
         self.epoch, self._step = self.epoch + 1, 0
@@ -202,16 +252,13 @@ class StreamViewLoader:
     def state_dict(self) -> dict:
         """Plain types only: where the consumer is, DALI's checkpoint and the stream's state after the last
         batch handed out (module docstring)."""
-        checkpoint, stream = b"", None
         if self._runner.pipe is not None:
             with dali_errors(self.shards):
                 checkpoint = bytes(self._runner.pipe.checkpoint())
-            if self.position > 0:
-                stream = self._source.state_after(self.position - 1)
-        elif self._pending is not None:
-            checkpoint = self._pending
-        if stream is None:
-            stream = self.stream.state()
+            stream = self._source.state_after(self.position - 1)
+        else:
+            checkpoint = self._pending or b""
+            stream = self.stream.state()  # no producer runs: the stream is where the next batch starts
         return {"version": STATE_VERSION, "mode": "stream", "epoch": self.epoch, "step": self._step,
                 "position": self.position, "rank": self.rank, "world_size": self.world_size, "seed": self.seed,
                 "batch_size": self.batch_size, "num_samples": self.shards.num_samples,
@@ -230,6 +277,7 @@ class StreamViewLoader:
             raise UserError("cannot resume the data loader: the view recipe or shuffle buffer changed since the "
                             "state was saved (restore data.* settings)")
         self._runner.close()
+        self._close_source()
         self.epoch, self._step = int(state["epoch"]), int(state["step"])
         self._pending = bytes(state.get("dali_checkpoint") or b"") or None
         if self._pending is not None:
@@ -237,6 +285,7 @@ class StreamViewLoader:
 
     def close(self) -> None:
         self._runner.close()
+        self._close_source()
         self.stream.close()
 
     def describe(self) -> dict:

@@ -22,7 +22,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from install_hint import require  # noqa: E402
+from install_hint import needs_install, require  # noqa: E402
 
 require("nvidia.dali", extras="sample")
 
@@ -189,4 +189,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with needs_install("sample"):
+        main()

@@ -169,8 +169,8 @@ def fill_cache(store: Store, files: list[CachedFile], last: tuple[str, bytes], s
     total = sum(e.size for e in files)
     if total > settings.max_bytes:
         raise UserError(f"shard set {store.url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
-                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB) or "
-                        "stream it (data.read_mode=stream)")
+                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB), "
+                        "or for training stream it (data.read_mode=stream)")
     folder = cache_folder(settings, store.url)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ class _Source:
         with self.lock:
             for t in [t for t in self.states if t < iteration]:
                 del self.states[t]
-            return self.start_state if iteration < 0 or iteration not in self.states else self.states[iteration]
+            return self.start_state if iteration < 0 else self.states[iteration]
 
     def close(self) -> None:
         """Stop the producer thread (the stream itself is closed by its owner)."""

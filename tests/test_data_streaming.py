@@ -239,3 +239,8 @@ def test_a_changed_shard_stops_streaming_with_one_line(tiny_shardset, tmp_path):
         assert "\n" not in str(e.value)
     finally:
         loader.close()
+
+
+def test_more_ranks_than_shards_is_one_line_at_once(tiny_shardset, tmp_path):
+    with pytest.raises(UserError, match=r"3 shards for 4 ranks leave rank 3 none"):
+        _loader(tiny_shardset, tmp_path / "cache", rank=3, world_size=4, local_world_size=1, batch_size=2)

@@ -144,6 +144,7 @@ class StreamViewLoader:
                                    rank=rank, world_size=world_size, batch_size=self.batch_size,
                                    buffer=cfg.shuffle_buffer, max_bytes=self.max_bytes, window=cfg.stream_window,
                                    threads=settings.threads)
+        self.stream.reads(0)  # a rank left without shards is one line now, not at the first batch
         self._runner = _DaliRunner(self.shards, self.kind, device_id)
         self._source: _Source | None = None
         self.epoch, self._step = 0, 0

@@ -244,3 +244,16 @@ def test_a_changed_shard_stops_streaming_with_one_line(tiny_shardset, tmp_path):
 def test_more_ranks_than_shards_is_one_line_at_once(tiny_shardset, tmp_path):
     with pytest.raises(UserError, match=r"3 shards for 4 ranks leave rank 3 none"):
         _loader(tiny_shardset, tmp_path / "cache", rank=3, world_size=4, local_world_size=1, batch_size=2)
+
+
+def test_a_bound_below_a_shard_per_rank_is_one_line_at_once(tiny_shardset, tmp_path):
+    from test_train_loop import tiny_cfg
+
+    from dino_pipe.data.stream_loader import StreamViewLoader
+    from dino_pipe.storage.cache import CacheSettings
+
+    shard = max(p.stat().st_size for p in tiny_shardset.glob("*.tar"))
+    settings = CacheSettings.resolve(str(tmp_path / "cache"), gb=1.5 * shard / 1e9)  # one shard, but two ranks
+    with pytest.raises(UserError, match=r"2 process\(es\) on this node .*smaller than the largest shard"):
+        StreamViewLoader(str(tiny_shardset), tiny_cfg("data.read_mode=stream").data, settings=settings, rank=0,
+                         world_size=2)

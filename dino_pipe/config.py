@@ -33,6 +33,7 @@ Centering = Literal["ema", "sinkhorn"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 FeatureDtype = Literal["float16", "bfloat16", "float32"]
 PosInterp = Literal["reference", "timm"]
+ReadMode = Literal["auto", "cache", "stream"]
 
 
 def choices(tp: Any) -> tuple[str, ...]:
@@ -139,6 +140,14 @@ class DataConfig:
     """Most GB the shard cache may hold (LRU sets evicted); 0 = $DINO_PIPE_CACHE_GB or 200."""
     fetch_threads: int = 0
     """Parallel shard downloads; 0 = $DINO_PIPE_FETCH_THREADS or 8."""
+    read_mode: ReadMode = "auto"
+    """How the shard set is read. auto: an s3:// set that fits in data.cache_gb is fetched whole into the cache
+    (later epochs read local disk), a larger one is streamed; a local set is read in place. cache: fetch whole
+    (refused when larger than the cache). stream: each epoch every rank fetches only its own shards, a few ahead,
+    into a cache of at most data.cache_gb per node, and deletes each after use (also for a local set, e.g. one
+    on a network file system)."""
+    stream_window: int = 4
+    """Streaming: shards each rank fetches ahead at most (fewer when data.cache_gb holds fewer)."""
 
     def validate(self) -> None:
         """Range checks of the data section; each failure names the key."""
@@ -147,6 +156,7 @@ class DataConfig:
         need(self.global_size >= 8, "data.global_size", "must be >= 8 pixels")
         need(self.local_size >= 8, "data.local_size", "must be >= 8 pixels")
         need(self.n_local >= 0, "data.n_local", "must be >= 0")
+        need(self.stream_window >= 1, "data.stream_window", "must be >= 1 (shards fetched ahead)")
         for name in ("global_scale", "local_scale", "aspect_ratio", "blur_sigma"):
             lo, hi = getattr(self, name)
             need(0 < lo <= hi, f"data.{name}", f"needs 0 < low <= high, got {getattr(self, name)}")

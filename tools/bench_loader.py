@@ -34,15 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_sample_shardset(out: Path, n: int, per_shard: int = 48) -> Path:
-    """``n`` labelled ~400x350 JPEG photo crops (4 classes) sharded by ``dino-pipe shard`` into ``out``."""
+def make_sample_shardset(out: Path, n: int, per_shard: int = 48, size=(400, 350)) -> Path:
+    """``n`` labelled JPEG photo crops of about ``size`` (4 classes) sharded by ``dino-pipe shard`` into ``out``."""
     import tempfile
 
     from dino_pipe.sample_data import write_photo_tree
     from dino_pipe.shards.writer import ShardOptions, shard_tree
 
     with tempfile.TemporaryDirectory() as tmp:
-        tree = write_photo_tree(Path(tmp) / "tree", n, classes=4, seed=3)
+        tree = write_photo_tree(Path(tmp) / "tree", n, classes=4, seed=3, size=size)
         shard_tree(tree / "train", out, ShardOptions(layout="imagefolder", shard_samples=per_shard), force=True,
                    progress=False)
     return out

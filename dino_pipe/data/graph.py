@@ -308,12 +308,18 @@ def _flip_normalize(view, spec: ViewSpec, s, mean: Sequence[float], std: Sequenc
 @pipeline_def(enable_conditionals=True)
 def train_graph(shardset: ShardSet, specs: Sequence[ViewSpec], *, device: Device, shard_id: int, num_shards: int,
                 run_seed: int, shuffle_buffer: int, hw_decoder_load: float, mean, std, dtype,
-                contrast_center: str = "mean", debug: bool = False):
+                contrast_center: str = "mean", debug: bool = False, source=None):
     """Outputs: one view per spec (``[3, S, S]`` each), then the label bytes (if labelled), then
-    (``debug``) the ``source_info`` string bytes and one flags vector per view."""
-    jpegs, labels = read_shards(shardset, shard_id=shard_id, num_shards=num_shards, shuffle=True,
-                                seed=op_seed(run_seed, "reader", shard_id), shuffle_buffer=shuffle_buffer,
-                                stick_to_shard=False)
+    (``debug``) the ``source_info`` string bytes and one flags vector per view.
+
+    ``source``: a function returning ``(jpegs, labels-or-None)`` nodes that replaces the webdataset reader
+    (streaming feeds the samples through ``fn.external_source``); the view ops stay the same."""
+    if source is not None:
+        jpegs, labels = source()
+    else:
+        jpegs, labels = read_shards(shardset, shard_id=shard_id, num_shards=num_shards, shuffle=True,
+                                    seed=op_seed(run_seed, "reader", shard_id), shuffle_buffer=shuffle_buffer,
+                                    stick_to_shard=False)
     shape = fn.peek_image_shape(jpegs)
     image = decode(jpegs, device, hw_decoder_load)
     views, flags = [], []

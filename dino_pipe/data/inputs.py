@@ -28,16 +28,36 @@ def parse_synthetic(data: str | Path) -> int | None:
 
 
 def local_data(data: str | Path, cfg: Config, progress: bool = True) -> str | Path:
-    """``s3://…``: fetch the set into the shard cache (``cfg.data.cache_*``) and return that folder;
-    anything else unchanged. Training then reads local files only (no network during an epoch)."""
-    from dino_pipe.storage.url import is_remote
-
-    if parse_synthetic(data) is not None or not is_remote(data):
+    """``s3://…``: fetch the set into the shard cache (``cfg.data.cache_*``) and return that folder, unless it
+    is to be streamed (:func:`streams`; then the URL itself); anything else unchanged. A cached set is then
+    read from local files only (no network during an epoch)."""
+    if parse_synthetic(data) is not None or not _remote(data) or streams(data, cfg):
         return data
     from dino_pipe.shards.fetch import fetch_shardset
     from dino_pipe.storage.cache import CacheSettings
 
     return fetch_shardset(str(data), CacheSettings.from_config(cfg.data), progress=progress)
+
+
+def _remote(data: str | Path) -> bool:
+    from dino_pipe.storage.url import is_remote
+
+    return is_remote(data)
+
+
+def streams(data: str | Path, cfg: Config) -> bool:
+    """Whether training streams ``data`` (``data.read_mode``: forced, or ``auto`` and an ``s3://`` set larger
+    than the shard cache; see :func:`dino_pipe.shards.fetch.choose_read_mode`)."""
+    if parse_synthetic(data) is not None:
+        return False
+    if cfg.data.read_mode == "stream":
+        return True
+    if not _remote(data) or cfg.data.read_mode == "cache":
+        return False
+    from dino_pipe.shards.fetch import choose_read_mode
+    from dino_pipe.storage.cache import CacheSettings
+
+    return choose_read_mode(str(data), cfg.data.read_mode, CacheSettings.from_config(cfg.data)) == "stream"
 
 
 def check_data(data: str | Path) -> str | Path:
@@ -46,7 +66,7 @@ def check_data(data: str | Path) -> str | Path:
     A parent folder as ``dino-pipe shard`` writes it (``train/`` and ``val/`` shard sets, no manifest
     of its own) means its ``train/`` set, as with ``verify``; the choice is printed in one line.
     """
-    if parse_synthetic(data) is not None:
+    if parse_synthetic(data) is not None or _remote(data):  # a URL left by local_data is streamed
         return data
     p = Path(data)
     if not p.exists():
@@ -71,18 +91,23 @@ def data_identity(data: str | Path) -> str:
         return str(data)
     from dino_pipe.data.shardset import content_identity
 
-    return content_identity(Path(data))
+    return content_identity(data)
 
 
 def make_loader(data: str | Path, cfg: Config, env, **kwargs):
-    """The DALI :class:`ViewLoader` over a shard set, or the synthetic loader for ``synthetic[:N]``, as the
-    rank ``env`` (a :class:`~dino_pipe.distributed.DistEnv`) reads it."""
+    """The DALI :class:`ViewLoader` over a shard set (a :class:`StreamViewLoader` when it is streamed), or the
+    synthetic loader for ``synthetic[:N]``, as the rank ``env`` (a :class:`~dino_pipe.distributed.DistEnv`) reads it."""
     n = parse_synthetic(data)
     if n is not None:
         from dino_pipe.data.synthetic import SyntheticViewLoader
 
         return SyntheticViewLoader(cfg.data, num_samples=n, device=env.device, device_id=env.local_rank,
                                    rank=env.rank, world_size=env.world_size, **kwargs)
+    if streams(data, cfg):
+        from dino_pipe.data.stream_loader import StreamViewLoader
+
+        return StreamViewLoader(str(data), cfg.data, device=env.device, device_id=env.local_rank, rank=env.rank,
+                                world_size=env.world_size, **kwargs)
     from dino_pipe.data.loader import ViewLoader
 
     return ViewLoader(Path(data), cfg.data, device=env.device, device_id=env.local_rank, rank=env.rank,

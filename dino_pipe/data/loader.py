@@ -3,8 +3,8 @@
 Both run one DALI pipeline per process (rank) and hand out ``torch.Tensor`` batches. On the GPU the
 view tensors are DALI's own output buffers handed to torch through DLPack on the current CUDA
 stream (DALI's dynamic executor makes the stream wait for the pipeline's work; no copy and no
-host wait), as DALI's PyTorch iterator does; on the CPU they are copied out with
-``nvidia.dali.plugin.pytorch.feed_ndarray``.
+host wait), as DALI's PyTorch iterator does; on the CPU too (no copy: the dynamic executor's
+outputs are not reused, so the tensor may keep the buffer).
 
 Epochs. The reader pads every rank's shard to ``P = ceil(ceil(N / world) / B)`` batches per epoch
 (padding repeats a sample at the *end* of the epoch, see :func:`dino_pipe.data.graph.read_shards`),
@@ -105,7 +105,11 @@ class _DaliRunner:
         self.pipe = pipe
 
     def run(self):
+        """One iteration's outputs. On the GPU they are bound to torch's current stream (DALI makes that
+        stream wait for its work) instead of ``run()``'s default, which waits on the host for every batch."""
         with dali_errors(self.shards):
+            if self.kind == "cuda":
+                return self.pipe.run(torch.cuda.current_stream(self.torch_device))
             return self.pipe.run()
 
     def close(self) -> None:
@@ -116,18 +120,17 @@ class _DaliRunner:
     def to_torch(self, tl, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A dense DALI batch (TensorList) as a torch tensor on this runner's device.
 
-        GPU: zero-copy through DLPack; torch's current stream waits on DALI's (the dynamic
-        executor's outputs own their memory, which the tensor keeps alive). CPU: a copy.
+        Zero-copy through DLPack on both devices, as ``DALIGenericIterator`` does with the dynamic
+        executor: its outputs own their memory, which the tensor keeps alive (on the GPU torch's current
+        stream waits on DALI's). The CPU copy this replaced (``feed_ndarray`` into a new tensor) cost
+        one pass over every view of every batch.
         """
         tensor = tl.as_tensor()
         if self.kind == "cuda":
             with torch.cuda.device(self.torch_device):
                 out = torch.from_dlpack(tensor)
         else:
-            from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-
-            out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.torch_device)
-            feed_ndarray(tensor, out)
+            out = torch.from_dlpack(tensor)
         return out if dtype is None or dtype == out.dtype else out.to(dtype)
 
 

@@ -79,12 +79,20 @@ def read_manifest(root: Path) -> dict:
 
 
 def content_identity(root: str | os.PathLike) -> str:
-    """What the shard set in ``root`` holds, as a short hash of its manifest's shard list (names, sizes,
-    sha256s, samples) and classes: the same for a copy moved elsewhere or fetched from ``s3://`` into the
-    cache, different for another set. A resumed run compares it with the one it was trained on."""
+    """What the shard set in ``root`` (a folder, or a URL when streamed) holds, as a short hash of its
+    manifest's shard list (names, sizes, sha256s, samples) and classes: the same for a copy moved elsewhere
+    or fetched from ``s3://`` into the cache, different for another set. A resumed run compares it with the
+    one it was trained on."""
     import json
 
-    m = read_manifest(Path(root))
+    from dino_pipe.storage.url import is_remote
+
+    if is_remote(root):
+        from dino_pipe.shards.fetch import read_manifest_at
+
+        m = read_manifest_at(str(root))[1]
+    else:
+        m = read_manifest(Path(root))
     shards = [[e.get("file"), e.get("bytes"), e.get("sha256"), e.get("samples")] for e in m["shards"]]
     text = json.dumps({"shards": shards, "classes": m.get("classes") or [], "num_samples": m["num_samples"]})
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -39,9 +39,10 @@ DATA_RECORD = "data.json"
 
 
 def data_key(data: str | Path) -> str:
-    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` as given."""
+    """How a run notes its data: the shard set's absolute path, or ``synthetic[:N]`` / a streamed URL
+    (``scheme://…``) as given."""
     text = str(data)
-    return text if text.startswith("synthetic") else str(Path(data).resolve())
+    return text if text.startswith("synthetic") or "://" in text else str(Path(data).resolve())
 
 
 def record_data(run_dir: str | Path, data: str | Path) -> None:

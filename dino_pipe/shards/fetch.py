@@ -52,3 +52,28 @@ def resolve_shardset(
     if is_remote(location):
         return fetch_shardset(str(location), settings, progress)
     return Path(location)
+
+
+def read_manifest_at(location: str | os.PathLike) -> tuple[Store, dict]:
+    """The store of the shard set at ``location`` (a URL or a local folder) and its parsed manifest."""
+    store = open_store(location)
+    raw = read_remote_manifest(store)
+    return store, parse_manifest(raw, store.describe(MANIFEST_NAME))
+
+
+def choose_read_mode(location: str | os.PathLike, mode: str, settings: CacheSettings) -> str:
+    """How to read the set at ``location`` for ``data.read_mode`` = ``mode``: ``"stream"``, ``"cache"`` (fetch
+    whole into the cache) or ``"disk"`` (a local set read in place).
+
+    ``auto``: a remote set larger than the cache bound streams, one that fits is cached whole; a local set is
+    read in place. ``stream`` streams either kind; ``cache`` caches a remote set (a local one is read in place).
+    """
+    if mode == "stream":
+        return "stream"
+    if not is_remote(location):
+        return "disk"
+    if mode == "cache":
+        return "cache"
+    _, manifest = read_manifest_at(str(location))
+    total = sum(int(e["bytes"]) for e in manifest["shards"])
+    return "stream" if total > settings.max_bytes else "cache"

@@ -17,7 +17,8 @@ epochs read local disk.
 * **bounds**: downloads stream in 1 MiB chunks (memory ~ ``threads`` MiB); the cache folder holds at
   most ``max_bytes``: least recently used *other* sets are evicted first, and a set larger than the
   bound is refused with one line (the reader needs every shard of the set on local disk; training
-  rotates shards between ranks, so each rank reads the whole set).
+  rotates shards between ranks, so each rank reads the whole set). Such a set is streamed instead
+  (:mod:`dino_pipe.storage.stream`), which makes room in the same folder with :func:`evict`.
 * **atomic**: files are renamed into place only once complete and checked, so a killed fetch leaves
   no shard that looks finished; rerunning fetches only what is missing.
 """
@@ -129,7 +130,9 @@ def evict(settings: CacheSettings, keep: Path, need: int) -> list[Path]:
     return evicted
 
 
-def _download_checked(store: Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+def download_checked(store: Store, key: str, dest: Path, sha256: str | None, size: int | None, what: str) -> None:
+    """Download ``key`` to ``dest`` through a temp file beside it, renamed into place only when its size and
+    sha256 (when given) match; one UserError line naming ``what`` otherwise."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
@@ -152,8 +155,8 @@ def fetch_file(store: Store, folder: Path, entry: CachedFile) -> int:
     """Fetch one file and its companion (one GET each), checked; returns the bytes fetched."""
     with contextlib.suppress(FileNotFoundError):
         _marker(folder, entry.name).unlink()
-    _download_checked(store, entry.name, folder / entry.name, entry.sha256, entry.size, store.url)
-    _download_checked(store, entry.companion, folder / entry.companion, None, None, store.url)
+    download_checked(store, entry.name, folder / entry.name, entry.sha256, entry.size, store.url)
+    download_checked(store, entry.companion, folder / entry.companion, None, None, store.url)
     atomic_write_text(_marker(folder, entry.name), entry.sha256 + "\n")
     return entry.size
 
@@ -166,7 +169,8 @@ def fill_cache(store: Store, files: list[CachedFile], last: tuple[str, bytes], s
     total = sum(e.size for e in files)
     if total > settings.max_bytes:
         raise UserError(f"shard set {store.url} holds {total / 1e9:.1f} GB, more than the shard cache may hold "
-                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB)")
+                        f"({settings.max_bytes / 1e9:.1f} GB); raise data.cache_gb (or DINO_PIPE_CACHE_GB), "
+                        "or for training stream it (data.read_mode=stream)")
     folder = cache_folder(settings, store.url)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,7 @@ class _Run:
         start_step = step
         with MetricsLogger(self.run_dir, cfg, env, steps_per_epoch, stop_at, step, self.show_progress,
                            teacher=trainer.teacher.backbone, online_knn=self.online_knn) as metrics:
+            metrics.fetch_stats = getattr(loader, "stats", None)  # streaming: bytes, rate, prefetch depth
             while step < stop_at:
                 it = iter(loader)
                 while step < stop_at and (batch := metrics.next_batch(it)) is not None:
@@ -139,6 +140,7 @@ class _Run:
                     metrics.after_step(step, res, log_now, check_now)
                     if save_now:
                         ckpts.save(trainer, loader, step, steps_per_epoch)
+        fetched = D.all_gather_objects(loader.fetch_summary(), env) if hasattr(loader, "fetch_summary") else None
         if hasattr(loader, "close"):
             loader.close()
         summary = {"run_dir": str(self.run_dir), "steps": step, "steps_this_run": step - start_step,
@@ -146,6 +148,8 @@ class _Run:
                    "last_checkpoint": str(ckpts.last) if ckpts.last else None,
                    "resumed_from": str(resume) if resume else None, "world_size": env.world_size,
                    "device": env.device, "precision": trainer.precision, "wall_s": time.time() - t_start}
+        if fetched is not None:  # streaming: GETs and bytes per epoch, per rank
+            summary["stream"] = {"per_rank": fetched}
         if env.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             return summary

@@ -78,6 +78,7 @@ class MetricsLogger:
         self.last_loss = float("nan")
         self.teacher, self.online_knn, self.warn = teacher, online_knn, warn
         self.knn: OnlineKnnWatch | None = None
+        self.fetch_stats: Any = None  # streaming: a callable -> {bytes, gets, mb_per_s, depth} of this rank's fetches
 
     def __enter__(self) -> "MetricsLogger":
         self.line.__enter__()
@@ -111,7 +112,7 @@ class MetricsLogger:
             values = step_values(res)
             self.last_loss = values["loss"]
             record = {"step": step, "epoch": step / self.steps_per_epoch, **values, **self.rates.window(),
-                      **self.collapse_stats, "time": time.time()}
+                      **self.collapse_stats, **self._fetch_record(), "time": time.time()}
             self.collapse_stats = {}
             for sink in self.sinks:
                 sink.write(record)
@@ -149,6 +150,10 @@ class MetricsLogger:
         if self.jsonl is not None:
             self.jsonl.write({"step": step, "epoch": step / self.steps_per_epoch, **m, "time": time.time()})
         self.line.show_knn(self.knn.text(step))
+
+    def _fetch_record(self) -> dict:
+        """Streaming: this rank's fetch figures as ``fetch_*`` record fields (bytes, GETs, MB/s, prefetch depth)."""
+        return {f"fetch_{k}": v for k, v in self.fetch_stats().items()} if self.fetch_stats else {}
 
     def _tensorboard(self) -> TensorBoardSink | None:
         return TensorBoardSink.open(self.run_dir / "tensorboard") if self.env.is_main else None

@@ -93,7 +93,7 @@ class ProgressLine:
         r = record
         self.logged = (f"step {r['step']}: loss {r['loss']:.4f}{loss_terms_text(r)} lr {r['lr']:.2e} wd {r['wd']:.3f} "
                        f"m {r['momentum']:.4f} τt {r['teacher_temp']:.3f} "
-                       f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%")
+                       f"{r['images_per_s']:.0f} img/s wait {r['data_wait_pct']:.0f}%{fetch_text(r)}")
 
     def show_knn(self, text: str) -> None:
         """The online k-NN's part of the line (`` | k-NN 41.2% (step 0: 12.0%)``)."""
@@ -108,3 +108,11 @@ class ProgressLine:
         """``step`` steps done."""
         if self.task is not None:
             self.bar.update(self.task, completed=step, info=self.text(step))
+
+
+def fetch_text(record: dict[str, Any]) -> str:
+    """Streaming: `` | fetched 812 MB at 95.3 MB/s, 3 shards ahead`` from a record's ``fetch_*`` fields; else empty."""
+    if "fetch_bytes" not in record:
+        return ""
+    return (f" | fetched {record['fetch_bytes'] / 1e6:.0f} MB at {record['fetch_mb_per_s']:.1f} MB/s, "
+            f"{record['fetch_depth']} shards ahead")

@@ -111,12 +111,14 @@ def test_every_loss_term_reaches_jsonl_tensorboard_and_the_progress_line(tmp_pat
     assert "loss 5.2500 (dino 5.0000 koleo 2.5000 ibot 0.1250)" in m.line.logged
 
 
-def test_the_recipes_global_count_drives_loader_trainer_and_loss(tiny_shardset):
+def test_the_recipes_global_count_drives_loader_trainer_and_loss(tiny_shardset, tmp_path):
     from dino_pipe.data.loader import ViewLoader
     from dino_pipe.data.recipe import multicrop_recipe, n_global_views
+    from dino_pipe.data.stream_loader import StreamViewLoader
     from dino_pipe.data.synthetic import SyntheticViewLoader
     from dino_pipe.distributed import DistEnv
     from dino_pipe.objective import DINOLoss
+    from dino_pipe.storage.cache import CacheSettings
     from dino_pipe.train.trainer import DINOTrainer
 
     cfg = load_config(None, TINY + THREE_GLOBALS + ["loss.koleo_weight=0.5"])
@@ -126,6 +128,12 @@ def test_the_recipes_global_count_drives_loader_trainer_and_loss(tiny_shardset):
 
     batch = next(iter(ViewLoader(tiny_shardset, cfg.data)))
     assert [v.shape[-1] for v in batch.views] == [32, 32, 32, 16, 16]
+    stream = StreamViewLoader(str(tiny_shardset), cfg.data, settings=CacheSettings.resolve(str(tmp_path), gb=1.0))
+    try:
+        assert stream.n_local == 2
+        assert [v.shape[-1] for v in next(iter(stream)).views] == [32, 32, 32, 16, 16]
+    finally:
+        stream.close()
     views = next(iter(SyntheticViewLoader(cfg.data, num_samples=8))).views
     assert [v.shape[-1] for v in views] == [32, 32, 32, 16, 16]
 

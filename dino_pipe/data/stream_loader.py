@@ -34,7 +34,7 @@ from dino_pipe.data.loader import (
     dali_dtype,
     default_threads,
 )
-from dino_pipe.data.recipe import ViewSpec, multicrop_recipe
+from dino_pipe.data.recipe import ViewSpec, multicrop_recipe, n_global_views
 from dino_pipe.data.streaming import SampleStream, open_streamset
 from dino_pipe.errors import UserError
 from dino_pipe.storage.cache import CacheSettings, cache_folder, evict
@@ -164,7 +164,7 @@ class StreamViewLoader:
 
     @property
     def n_local(self) -> int:
-        return len(self.specs) - 2
+        return len(self.specs) - n_global_views(self.specs)
 
     @property
     def position(self) -> int:

@@ -8,27 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train_loop import TINY
 
 from dino_pipe.atomic import read_jsonl
 from dino_pipe.config import load_config
 from dino_pipe.train import load_checkpoint
 from dino_pipe.train.loop import train
 
-TINY = [
-    "model.arch=vit_tiny_patch16_224",
-    "model.arch_kwargs={img_size: 32, patch_size: 8, depth: 1}",
-    "model.out_dim=64",
-    "model.hidden_dim=32",
-    "model.bottleneck_dim=16",
-    "data.batch_size=4",
-    "data.global_size=32",
-    "data.local_size=16",
-    "data.n_local=2",
-    "optim.warmup_epochs=1",
-    "train.log_every_steps=1",
-    "train.collapse_check_every_steps=2",
-    "train.cpu_threads=1",
-]
 THREE_GLOBALS = ["data.blur_p_global=[1.0, 0.1, 0.5]", "data.solarize_p_global=[0.0, 0.2, 0.0]"]
 
 

@@ -683,10 +683,11 @@ def viz_attention_cmd(
         out_dir = run / "attention"
         err.print(f"output: {out_dir} (in the run; --out to choose)", highlight=False)
     check_inputs(checkpoint, images=tuple(images))
-    from dino_pipe.eval.attention import attention_outputs, render_attention
+    from dino_pipe.eval.inputs import attention_outputs
 
     check_outputs(folders={"--out": out_dir}, force=force or in_run,
                   beside={f: ("--out", f"written into {out_dir}") for f in attention_outputs(images, out_dir)})
+    from dino_pipe.eval.attention import render_attention
     result = render_attention(checkpoint, [str(p) for p in images], out_dir, which=which, random_init=random_init,
                               size=size, threshold=threshold or None, device=resolve_device(device))
     render.attention_report(out, result, size, threshold)

@@ -54,7 +54,12 @@ def test_a_bad_setting_is_refused_before_torch_is_imported(tmp_path):
 
 
 def test_evaluations_check_their_inputs_before_torch_is_imported(tmp_path, tiny_shardset):
+    from PIL import Image
+
     (tmp_path / "img.png").write_bytes(b"")
+    Image.new("RGB", (40, 40), (90, 30, 200)).save(tmp_path / "digit.png")
+    (tmp_path / "attn").mkdir()
+    (tmp_path / "attn" / "digit-attention.png").write_bytes(b"the user's own picture")  # refused: no --force
     cases = [
         (["eval", "knn", "--checkpoint", "runs/nope", "--train", str(tiny_shardset), "--val", str(tiny_shardset)],
          "runs/nope: no such checkpoint file or run directory"),
@@ -62,6 +67,7 @@ def test_evaluations_check_their_inputs_before_torch_is_imported(tmp_path, tiny_
          "shards/nope"),
         (["viz", "attention", "--checkpoint", "img.png", "--out", "attn", "nope.jpg"], "nope.jpg: image not found"),
         (["export", "--checkpoint", "runs/nope", "--out", "b.safetensors"], "runs/nope: no such checkpoint"),
+        (["viz", "attention", "--checkpoint", "img.png", "--out", "attn", "digit.png"], "digit-attention.png"),
     ]
     for args, message in cases:
         proc, _ = run_cli(*args, cwd=tmp_path)

@@ -210,18 +210,6 @@ def save_attention_grid(
     return path
 
 
-def attention_outputs(images: list[str | Path], out: str | Path) -> list[Path]:
-    """The files :func:`render_attention` writes into ``out``: ``<image stem>-attention.png`` each, then
-    ``attention.json``; two images of one stem (which would overwrite each other's PNG) -> UserError."""
-    pngs: dict[Path, str] = {}
-    for image in images:
-        png = Path(out) / f"{Path(image).stem}-attention.png"
-        if png in pngs:
-            raise UserError(f"{pngs[png]} and {image} would both be drawn to {png}; rename one of them")
-        pngs[png] = str(image)
-    return [*pngs, Path(out) / "attention.json"]
-
-
 #: ``viz attention`` draws at the training size when that gives at least this many patches a side, else at
 #: :data:`DRAW_PX` (a 32-px run with 8-px patches has 4 x 4 patches: a map of 16 cells shows nothing)
 MIN_PATCHES = 14

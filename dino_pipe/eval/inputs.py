@@ -1,4 +1,5 @@
-"""What an evaluation reads: a checkpoint's config (plus dotted overrides) and labelled shard sets.
+"""What an evaluation reads: a checkpoint's config (plus dotted overrides) and labelled shard sets; and the
+names of the files it will write (so that existing ones are refused before any work).
 
 Checked in the calling process, before any worker starts, so a wrong path or an unlabelled set is
 one :class:`~dino_pipe.errors.UserError` line.
@@ -81,3 +82,15 @@ def labelled_shardset(path: str | Path) -> dict:
     if isinstance(names, list) and len(names) == len(s.classes):
         facts["class_names"] = [str(n) for n in names]
     return facts
+
+
+def attention_outputs(images: list[str | Path], out: str | Path) -> list[Path]:
+    """The files :func:`render_attention` writes into ``out``: ``<image stem>-attention.png`` each, then
+    ``attention.json``; two images of one stem (which would overwrite each other's PNG) -> UserError."""
+    pngs: dict[Path, str] = {}
+    for image in images:
+        png = Path(out) / f"{Path(image).stem}-attention.png"
+        if png in pngs:
+            raise UserError(f"{pngs[png]} and {image} would both be drawn to {png}; rename one of them")
+        pngs[png] = str(image)
+    return [*pngs, Path(out) / "attention.json"]

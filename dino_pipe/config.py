@@ -366,6 +366,11 @@ class EvalConfig:
     val/ set of the same classes beside it (as `dino-pipe shard` writes train/ + val/), measure the online k-NN on
     that pair, about 10 times a run at most (every epoch, or every few epochs); false = off."""
 
+    @property
+    def online_knn_on(self) -> bool:
+        """The config names an online k-NN pair (or half of one, which the probe then refuses)."""
+        return bool(self.online_knn_train or self.online_knn_val)
+
     def validate(self) -> None:
         """Range checks of the eval section; each failure names the key."""
         need(all(k >= 1 for k in self.knn_k) and len(self.knn_k) > 0, "eval.knn_k",

@@ -28,14 +28,10 @@ from dino_pipe.eval.knn import knn_classify
 from dino_pipe.eval.workers import WorkerContext
 
 
-def enabled(cfg: Config) -> bool:
-    return bool(cfg.eval.online_knn_train or cfg.eval.online_knn_val)
-
-
 def training_probe(cfg: Config, env: DistEnv) -> "OnlineKnn | None":
     """The online k-NN hook the CLI hands to :func:`dino_pipe.train.loop.train`: this rank's
     :class:`OnlineKnn` when ``cfg`` names the pair, else None."""
-    return OnlineKnn(cfg, WorkerContext.from_env(env)) if enabled(cfg) else None
+    return OnlineKnn(cfg, WorkerContext.from_env(env)) if cfg.eval.online_knn_on else None
 
 
 class OnlineKnn:

@@ -32,11 +32,6 @@ KnnProbeFactory = Callable[[Config, DistEnv], Optional[KnnProbe]]
 spawned ranks call it)."""
 
 
-def configured(cfg: Config) -> bool:
-    """The config names an online k-NN pair (or half of one: the probe then refuses it)."""
-    return bool(cfg.eval.online_knn_train or cfg.eval.online_knn_val)
-
-
 class OnlineKnnWatch:
     """The teacher's online k-NN over a run: step 0's value is the baseline (measured on a fresh run, read
     back from metrics.jsonl's step-0 record on a resumed one), later values below it warn."""

@@ -44,7 +44,6 @@ from dino_pipe.runs.run_dir import record_data
 from dino_pipe.train.checkpoint import CheckpointManager
 from dino_pipe.train.inputs import check_run_dir, default_online_knn
 from dino_pipe.train.knn_hook import KnnProbeFactory
-from dino_pipe.train.knn_hook import configured as knn_configured
 from dino_pipe.train.metrics import MetricsLogger, trim_metrics
 from dino_pipe.train.trainer import DINOTrainer, NonFiniteLoss
 
@@ -73,7 +72,7 @@ def train(cfg: Config, data: str | Path, output: str | Path, *, gpus: int | None
     check_run_dir(output)
     if online_knn is not None:
         cfg = default_online_knn(cfg, data)
-    elif knn_configured(cfg):
+    elif cfg.eval.online_knn_on:
         raise UserError("eval.online_knn_train/val are set, but train() was given no online_knn probe to measure "
                         "them: pass online_knn=dino_pipe.eval.online_knn.training_probe (as the CLI does)")
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", procs))  # CPU processes sharing this machine

@@ -151,20 +151,19 @@ def _indices(tl, index: dict[tuple[str, str], int]) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-class _ShardSetLoader:
-    """What both loaders share: the shard set, the device (``kind``: ``"cpu"`` or ``"cuda"``), the rank,
-    threads and output dtype."""
+class _LoaderBase:
+    """What every loader shares, given its opened set (a :class:`ShardSet`, or a stream's manifest facts): the
+    device (``kind``: ``"cpu"`` or ``"cuda"``), the rank, the processes on this node, threads and output dtype."""
 
-    def __init__(self, shardset, cfg: DataConfig, device: str, rank: int, world_size: int,
+    def __init__(self, shards, cfg: DataConfig, device: str, rank: int, world_size: int,
                  batch_size: int | None, local_world_size: int | None):
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
-        self.shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset, part=(rank, world_size))
+        self.shards = shards
         self.cfg = cfg
         self.kind = _device_kind(device)
         self.rank, self.world_size = rank, world_size
         self.batch_size = int(batch_size or cfg.batch_size)
-        self.threads = default_threads(cfg, _local_procs(world_size, self.kind, local_world_size), self.kind)
+        self.local_procs = _local_procs(world_size, self.kind, local_world_size)
+        self.threads = default_threads(cfg, self.local_procs, self.kind)
         self._dtype = dali_dtype(cfg.output_dtype, self.kind)
         self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
 
@@ -176,6 +175,22 @@ class _ShardSetLoader:
     def num_classes(self) -> int:
         return self.shards.num_classes
 
+
+def check_rank(rank: int, world_size: int) -> None:
+    """A rank outside ``[0, world_size)`` is one line."""
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+
+
+class _ShardSetLoader(_LoaderBase):
+    """A loader over a shard set on local disk, read by DALI's webdataset reader."""
+
+    def __init__(self, shardset, cfg: DataConfig, device: str, rank: int, world_size: int,
+                 batch_size: int | None, local_world_size: int | None):
+        check_rank(rank, world_size)
+        shards = shardset if isinstance(shardset, ShardSet) else open_shardset(shardset, part=(rank, world_size))
+        super().__init__(shards, cfg, device, rank, world_size, batch_size, local_world_size)
+
     def definition(self, kind: Device = "cuda") -> bytes:
         """This loader's DALI graph defined for ``kind`` (``"cuda"``: mixed nvJPEG decode, GPU ops) and
         serialized, without building it or touching CUDA: DALI checks every operator and argument
@@ -183,6 +198,47 @@ class _ShardSetLoader:
         dtype = dali_dtype(self.cfg.output_dtype, kind) if kind != self.kind else self._dtype
         with dali_errors(self.shards):
             return self._make(None, kind=kind, define_only=True, dtype=dtype).serialize()
+
+
+def steps_per_epoch(shards, world_size: int, batch_size: int) -> int:
+    """Training batches per epoch on every rank, ``floor(floor(N / world) / B)``: the whole batches of each
+    rank's equal share, the same in both read modes; none is one line."""
+    n = shards.num_samples
+    steps = (n // world_size) // batch_size
+    if steps == 0:
+        raise UserError(f"shard set {shards.root}: {n} samples do not fill one batch of {batch_size} "
+                        f"on each of {world_size} rank(s); lower data.batch_size")
+    return steps
+
+
+def train_graph_settings(loader) -> dict:
+    """The :func:`train_graph` arguments a training loader takes from its set, recipe, rank and config (the
+    device, dtype, source and checkpoint are each loader's own)."""
+    cfg = loader.cfg
+    return dict(shard_id=loader.rank, num_shards=loader.world_size, run_seed=loader.seed,
+                shuffle_buffer=cfg.shuffle_buffer, hw_decoder_load=cfg.hw_decoder_load, mean=cfg.mean, std=cfg.std,
+                contrast_center=cfg.contrast_center, batch_size=loader.batch_size, num_threads=loader.threads,
+                seed=op_seed(loader.seed, "pipeline", loader.rank), prefetch_queue_depth=cfg.prefetch,
+                enable_checkpointing=True, exec_dynamic=True)
+
+
+def recipe_fingerprint(loader) -> str:
+    """What a training loader's saved state must match besides its named settings: the set's size, batch,
+    ranks, seed, view recipe and the graph settings that change the samples."""
+    spec = ";".join(repr(s) for s in loader.specs)
+    return (f"{loader.shards.num_samples}|{loader.batch_size}|{loader.world_size}|{loader.seed}|{spec}|"
+            f"{loader.cfg.shuffle_buffer}|{loader.cfg.contrast_center}|{loader.cfg.interp}")
+
+
+def check_saved_settings(loader, state: dict, keys: tuple[str, ...]) -> None:
+    """A saved loader state whose ``keys`` or fingerprint differ from ``loader``'s is one line."""
+    for key in keys:
+        if state.get(key) != getattr(loader, key):
+            raise UserError(f"cannot resume the data loader: saved {key}={state.get(key)}, "
+                            f"now {getattr(loader, key)} (restart the run or restore the old setting)")
+    if state.get("fingerprint") != loader._fingerprint():
+        raise UserError("cannot resume the data loader: the view recipe or shuffle buffer changed since the "
+                        "state was saved (restore data.* settings)")
 
 
 class ViewLoader(_ShardSetLoader):
@@ -203,12 +259,8 @@ class ViewLoader(_ShardSetLoader):
         self.seed = cfg.seed if seed is None else int(seed)
         self.specs: list[ViewSpec] = list(specs) if specs is not None else multicrop_recipe(cfg, n_local)
         self.debug = debug
-        n = self.shards.num_samples
-        self._steps = (n // world_size) // self.batch_size
-        if self._steps == 0:
-            raise UserError(f"shard set {self.shards.root}: {n} samples do not fill one batch of {self.batch_size} "
-                            f"on each of {world_size} rank(s); lower data.batch_size")
-        self._batches_per_epoch = math.ceil(math.ceil(n / world_size) / self.batch_size)
+        self._steps = steps_per_epoch(self.shards, world_size, self.batch_size)
+        self._batches_per_epoch = math.ceil(math.ceil(self.shards.num_samples / world_size) / self.batch_size)
         self._runner = _DaliRunner(self.shards, self.kind, device_id)
         self._sample_index = self.shards.sample_index() if debug else None
         self.epoch = 0
@@ -230,31 +282,10 @@ class ViewLoader(_ShardSetLoader):
 
     # -- pipeline -------------------------------------------------------------------------------
     def _make(self, checkpoint: bytes | None, *, kind: Device | None = None, define_only: bool = False, dtype=None):
-        cfg = self.cfg
         kind = kind or self.kind
-        return train_graph(
-            self.shards,
-            self.specs,
-            device=kind,
-            shard_id=self.rank,
-            num_shards=self.world_size,
-            run_seed=self.seed,
-            shuffle_buffer=cfg.shuffle_buffer,
-            hw_decoder_load=cfg.hw_decoder_load,
-            mean=cfg.mean,
-            std=cfg.std,
-            dtype=dtype or self._dtype,
-            contrast_center=cfg.contrast_center,
-            debug=self.debug,
-            batch_size=self.batch_size,
-            num_threads=self.threads,
-            device_id=None if define_only else self._runner.pipeline_id(kind),
-            seed=op_seed(self.seed, "pipeline", self.rank),
-            prefetch_queue_depth=cfg.prefetch,
-            enable_checkpointing=True,
-            checkpoint=checkpoint,
-            exec_dynamic=True,
-        )
+        return train_graph(self.shards, self.specs, device=kind, dtype=dtype or self._dtype, debug=self.debug,
+                           device_id=None if define_only else self._runner.pipeline_id(kind), checkpoint=checkpoint,
+                           **train_graph_settings(self))
 
     def _ensure_pipe(self) -> None:
         if self._runner.pipe is not None:
@@ -299,9 +330,7 @@ class ViewLoader(_ShardSetLoader):
 
     # -- resume ---------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        spec = ";".join(repr(s) for s in self.specs)
-        return (f"{self.shards.num_samples}|{self.batch_size}|{self.world_size}|{self.seed}|{spec}|"
-                f"{self.cfg.shuffle_buffer}|{self.cfg.contrast_center}|{self.cfg.interp}")
+        return recipe_fingerprint(self)
 
     def state_dict(self) -> dict:
         """Plain types only (loads with ``torch.load(weights_only=True)``): where the consumer is
@@ -321,13 +350,7 @@ class ViewLoader(_ShardSetLoader):
         """Resume so that the next batch is exactly the one after the saved state's last batch."""
         if state.get("version") != STATE_VERSION:
             raise UserError(f"loader state version {state.get('version')} is not {STATE_VERSION}; cannot resume")
-        for key in ("world_size", "seed", "batch_size", "num_samples"):
-            if state.get(key) != getattr(self, key):
-                raise UserError(f"cannot resume the data loader: saved {key}={state.get(key)}, "
-                                f"now {getattr(self, key)} (restart the run or restore the old setting)")
-        if state.get("fingerprint") != self._fingerprint():
-            raise UserError("cannot resume the data loader: the view recipe or shuffle buffer changed since the "
-                            "state was saved (restore data.* settings)")
+        check_saved_settings(self, state, ("world_size", "seed", "batch_size", "num_samples"))
         self._runner.close()
         self.epoch, self._step = int(state["epoch"]), int(state["step"])
         checkpoint = state.get("dali_checkpoint") or None

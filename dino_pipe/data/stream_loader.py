@@ -20,19 +20,19 @@ import queue
 import threading
 from pathlib import Path
 
-import torch
-
 from dino_pipe.config import DataConfig
-from dino_pipe.data.graph import dali_errors, op_seed, train_graph
+from dino_pipe.data.graph import dali_errors, train_graph
 from dino_pipe.data.loader import (
     STATE_VERSION,
     ViewBatch,
     _DaliRunner,
-    _device_kind,
     _labels,
-    _local_procs,
-    dali_dtype,
-    default_threads,
+    _LoaderBase,
+    check_rank,
+    check_saved_settings,
+    recipe_fingerprint,
+    steps_per_epoch,
+    train_graph_settings,
 )
 from dino_pipe.data.recipe import ViewSpec, multicrop_recipe, n_global_views
 from dino_pipe.data.streaming import SampleStream, open_streamset
@@ -106,7 +106,7 @@ class _Source:
         self._thread.join()
 
 
-class StreamViewLoader:
+class StreamViewLoader(_LoaderBase):
     """Multi-crop training batches streamed from the shard set at a URL (or folder); see the module docstring.
 
     ``len(loader)`` = ``floor(floor(N / world) / B)`` batches per epoch on every rank; ``for batch in loader``
@@ -117,27 +117,16 @@ class StreamViewLoader:
                  world_size: int = 1, seed: int | None = None, batch_size: int | None = None,
                  n_local: int | None = None, local_world_size: int | None = None,
                  specs: list[ViewSpec] | None = None, settings: CacheSettings | None = None):
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
-        self.cfg, self.kind = cfg, _device_kind(device)
-        self.rank, self.world_size = rank, world_size
-        self.batch_size = int(batch_size or cfg.batch_size)
+        check_rank(rank, world_size)
+        store, shards = open_streamset(location)
+        super().__init__(shards, cfg, device, rank, world_size, batch_size, local_world_size)
         self.seed = cfg.seed if seed is None else int(seed)
-        procs = _local_procs(world_size, self.kind, local_world_size)
-        self.threads = default_threads(cfg, procs, self.kind)
-        self._dtype = dali_dtype(cfg.output_dtype, self.kind)
-        self._torch_dtype = torch.bfloat16 if cfg.output_dtype == "bfloat16" else None
         self.specs: list[ViewSpec] = list(specs) if specs is not None else multicrop_recipe(cfg, n_local)
-        store, self.shards = open_streamset(location)
-        n = self.shards.num_samples
-        self._steps = (n // world_size) // self.batch_size
-        if self._steps == 0:
-            raise UserError(f"shard set {self.shards.root}: {n} samples do not fill one batch of {self.batch_size} "
-                            f"on each of {world_size} rank(s); lower data.batch_size")
+        self._steps = steps_per_epoch(self.shards, world_size, self.batch_size)
         settings = settings or CacheSettings.from_config(cfg)
-        self.max_bytes = settings.max_bytes // procs  # the node's bound, shared by its ranks
+        self.max_bytes = settings.max_bytes // self.local_procs  # the node's bound, shared by its ranks
         check_bound(self.max_bytes, max(self.shards.sizes), f"shard set {self.shards.root} "
-                    f"({procs} process(es) on this node share data.cache_gb)")
+                    f"({self.local_procs} process(es) on this node share data.cache_gb)")
         folder = stream_folder(settings, store.url, rank)
         evict(settings, keep=folder.parent, need=settings.max_bytes)  # whole sets cached earlier make room
         self.stream = SampleStream(store, self.shards, folder, seed=self.seed,
@@ -153,14 +142,6 @@ class StreamViewLoader:
     # -- facts ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._steps
-
-    @property
-    def num_samples(self) -> int:
-        return self.shards.num_samples
-
-    @property
-    def num_classes(self) -> int:
-        return self.shards.num_classes
 
     @property
     def n_local(self) -> int:
@@ -184,8 +165,7 @@ class StreamViewLoader:
     def _make(self, checkpoint: bytes | None):
         from nvidia.dali import fn, types
 
-        cfg, labeled = self.cfg, self.shards.labeled
-        source = self._source
+        labeled, source = self.shards.labeled, self._source
 
         def read():
             outs = fn.external_source(source=source, num_outputs=2 if labeled else 1, batch=True,
@@ -193,13 +173,8 @@ class StreamViewLoader:
                                       ndim=[1] * (2 if labeled else 1))
             return (outs[0], outs[1]) if labeled else (outs[0], None)
 
-        return train_graph(
-            self.shards, self.specs, device=self.kind, shard_id=self.rank, num_shards=self.world_size,
-            run_seed=self.seed, shuffle_buffer=cfg.shuffle_buffer, hw_decoder_load=cfg.hw_decoder_load,
-            mean=cfg.mean, std=cfg.std, dtype=self._dtype, contrast_center=cfg.contrast_center, source=read,
-            batch_size=self.batch_size, num_threads=self.threads, device_id=self._runner.pipeline_id(),
-            seed=op_seed(self.seed, "pipeline", self.rank), prefetch_queue_depth=cfg.prefetch,
-            enable_checkpointing=True, checkpoint=checkpoint, exec_dynamic=True)
+        return train_graph(self.shards, self.specs, device=self.kind, dtype=self._dtype, source=read,
+                           device_id=self._runner.pipeline_id(), checkpoint=checkpoint, **train_graph_settings(self))
 
     def _ensure_pipe(self) -> None:
         if self._runner.pipe is not None:
@@ -207,7 +182,7 @@ class StreamViewLoader:
         self._close_source()
         replay = 0 if self._pending is not None or self.position == 0 else self.position
         if replay:  # no DALI checkpoint: rebuild from the start and run the batches already handed out
-            self.stream.restore({"epoch": 0, "k": 0, "j": 0, "emitted": 0, "buffer": []})
+            self.stream.rewind()
         self._source = _Source(self.stream, self.shards.labeled, self.cfg.prefetch + 2,
                                self.position if self._pending is not None else 0)
         self._runner.build(self._make, self._pending)
@@ -246,9 +221,7 @@ class StreamViewLoader:
 
     # -- resume ---------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        spec = ";".join(repr(s) for s in self.specs)
-        return (f"stream|{self.shards.num_samples}|{self.batch_size}|{self.world_size}|{self.seed}|{spec}|"
-                f"{self.cfg.shuffle_buffer}|{self.cfg.contrast_center}|{self.cfg.interp}")
+        return "stream|" + recipe_fingerprint(self)
 
     def state_dict(self) -> dict:
         """Plain types only: where the consumer is, DALI's checkpoint and the stream's state after the last
@@ -270,13 +243,7 @@ class StreamViewLoader:
         if state.get("version") != STATE_VERSION or state.get("mode") != "stream":
             raise UserError("cannot resume the data loader: the checkpoint was not written in streaming mode "
                             "(set data.read_mode as it was, or use a new --out)")
-        for key in ("world_size", "seed", "batch_size", "num_samples", "rank"):
-            if state.get(key) != getattr(self, key):
-                raise UserError(f"cannot resume the data loader: saved {key}={state.get(key)}, "
-                                f"now {getattr(self, key)} (restart the run or restore the old setting)")
-        if state.get("fingerprint") != self._fingerprint():
-            raise UserError("cannot resume the data loader: the view recipe or shuffle buffer changed since the "
-                            "state was saved (restore data.* settings)")
+        check_saved_settings(self, state, ("world_size", "seed", "batch_size", "num_samples", "rank"))
         self._runner.close()
         self._close_source()
         self.epoch, self._step = int(state["epoch"]), int(state["step"])

@@ -229,6 +229,10 @@ class SampleStream:
         return {"epoch": self.epoch, "k": self.k, "j": self.j, "emitted": self.emitted,
                 "buffer": [list(s.key) for s in self.buf], "buffer_size": self.buffer_size}
 
+    def rewind(self) -> None:
+        """Back to the start of epoch 0, the buffer empty (as a new stream)."""
+        self.restore({"epoch": 0, "k": 0, "j": 0, "emitted": 0, "buffer": []})
+
     def restore(self, state: dict) -> None:
         """Continue from ``state``: refetch the shards its buffered samples come from (one GET each)."""
         self.close()

@@ -3,13 +3,13 @@ and a scheme registered by one line carrying ``shard --out``, the output check a
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import json
 from pathlib import Path
 
 import pytest
+from test_layers import imports_of  # the walk over imports the layer test uses
 
 from dino_pipe.errors import UserError
 from dino_pipe.storage import store as store_module
@@ -21,26 +21,12 @@ STORAGE = Path(__file__).resolve().parents[1] / "dino_pipe" / "storage"
 ALLOWED = ("dino_pipe.storage", "dino_pipe.errors", "dino_pipe.atomic", "dino_pipe.progress", "dino_pipe.config")
 
 
-def imported_modules(source: str, module: str) -> set[str]:
-    """Every ``dino_pipe`` module ``source`` imports, anywhere (inside functions and ``if`` blocks too)."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".")[: -node.level]
-                base = ".".join(anchor + ([base] if base else []))
-            found |= {base}
-    return {m for m in found if m == "dino_pipe" or m.startswith("dino_pipe.")}
-
-
 def test_storage_imports_nothing_above_it():
     seen = {}
     for path in sorted(STORAGE.glob("*.py")):
-        module = f"dino_pipe.storage.{path.stem}" if path.stem != "__init__" else "dino_pipe.storage._"
-        seen[path.name] = imported_modules(path.read_text(encoding="utf-8"), module)
+        is_pkg = path.stem == "__init__"
+        module = "dino_pipe.storage" if is_pkg else f"dino_pipe.storage.{path.stem}"
+        seen[path.name] = imports_of(module, is_pkg, path.read_text(encoding="utf-8"), known=set())
     assert "dino_pipe.storage.store" in seen["cache.py"], "the walk sees imports"
     bad = {f: sorted(m for m in mods if not m.startswith(ALLOWED)) for f, mods in seen.items()}
     assert not any(bad.values()), f"storage imports from a package above it: {bad}"
@@ -48,7 +34,8 @@ def test_storage_imports_nothing_above_it():
 
 def test_the_import_walk_sees_imports_inside_functions():
     src = "def f():\n    from dino_pipe.shards.manifest import MANIFEST_NAME\n    from ..data import x\n"
-    assert imported_modules(src, "dino_pipe.storage.cache") == {"dino_pipe.shards.manifest", "dino_pipe.data"}
+    found = imports_of("dino_pipe.storage.cache", False, src, known=set())
+    assert found == {"dino_pipe.shards.manifest", "dino_pipe.data"}
 
 
 # ------------------------------------------------------------------------------ the local store

@@ -60,7 +60,7 @@ def default_online_knn(cfg: Config, data: str | Path, say: bool = True) -> Confi
     Step 0's value is the untrained network's, so the run's own k-NN curve starts at its baseline.
     """
     e = cfg.eval
-    if not e.online_knn_auto or e.online_knn_train or e.online_knn_val or parse_synthetic(data) is not None:
+    if not e.online_knn_auto or e.online_knn_on or parse_synthetic(data) is not None:
         return cfg
     train_set = Path(data)
     val_set = train_set.parent / "val"
